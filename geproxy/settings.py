@@ -1,0 +1,332 @@
+"""geproxy.settings: every flag and environment variable, from one table.
+
+The table (``SETTINGS``) is the single source of truth: it builds the
+argument parser, reads the ``ETCD_*`` environment, and renders the flag table
+in README.md (``python -m geproxy.settings --markdown``), so the three cannot
+drift apart.  Spellings follow etcd (Go's flag package): ``-flag value``,
+``--flag value``, ``-flag=value`` and ``--flag=value`` are all accepted.
+
+Bad input ends the process with exit status 2 and one line naming the flag and
+the problem; nothing is half-applied.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+PROG = "gevent-etcdproxy"
+ENV_PREFIX = "ETCD_"
+
+
+class SettingError(ValueError):
+    """A value that cannot be used; the message says why, without the flag name."""
+
+
+# --- value parsers: text in, value out, SettingError on bad input -----------------
+
+
+def parse_mode(text):
+    value = text.strip().lower()
+    if value == "off":
+        raise SettingError(
+            "this program only runs as a proxy: use 'on' or 'readonly' "
+            "(run etcd itself for a member)")
+    if value not in ("on", "readonly"):
+        raise SettingError("must be 'on' or 'readonly'")
+    return value
+
+
+def parse_ms(text):
+    """Milliseconds as a whole, non-negative number, as etcd's uint flags."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise SettingError("must be a whole number of milliseconds (e.g. 5000)")
+    return int(value)
+
+
+def parse_count(text):
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise SettingError("must be a whole, non-negative number")
+    return int(value)
+
+
+def parse_bool(text):
+    """Go's strconv.ParseBool spellings."""
+    value = text.strip()
+    if value in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if value in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise SettingError("must be true or false")
+
+
+def parse_text(text):
+    return text
+
+
+def parse_log_level(text):
+    value = text.strip().lower()
+    if value == "warning":
+        value = "warn"
+    if value not in ("debug", "info", "warn", "error"):
+        raise SettingError("must be one of debug, info, warn, error")
+    return value
+
+
+def parse_transport(text):
+    value = text.strip().lower()
+    if value not in TRANSPORTS:
+        raise SettingError("must be one of " + ", ".join(TRANSPORTS))
+    return value
+
+
+TRANSPORTS = ("requests",)
+
+
+def _host_port_url(text, what, schemes):
+    """Check one URL the way etcd does: a known scheme, host:port, no path."""
+    raw = text.strip()
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise SettingError("%r is not a valid %s URL (%s)" % (raw, what, exc)) from None
+    if parts.scheme not in schemes:
+        raise SettingError("%r: scheme must be %s" % (raw, " or ".join(schemes)))
+    if not parts.hostname:
+        raise SettingError("%r has no host" % raw)
+    if port is None:
+        raise SettingError("%r must have the form scheme://host:port (no port given)" % raw)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SettingError("%r must not have a path or query" % raw)
+    if parts.username is not None:
+        raise SettingError("%r must not carry credentials" % raw)
+    return "%s://%s" % (parts.scheme, parts.netloc)
+
+
+def parse_listen_urls(text):
+    urls = [item for item in (part.strip() for part in text.split(",")) if item]
+    if not urls:
+        raise SettingError("needs at least one URL")
+    out = []
+    for url in urls:
+        if url.startswith("https:"):
+            raise SettingError("%r: https listeners are not supported yet (TLS is planned)" % url)
+        out.append(_host_port_url(url, "listen", ("http",)))
+    if len(set(out)) != len(out):
+        raise SettingError("lists the same URL twice")
+    return tuple(out)
+
+
+def parse_url_list(text):
+    """A comma list of http(s) URLs (member-only flags we accept and ignore)."""
+    return tuple(_host_port_url(u, "member", ("http", "https"))
+                 for u in text.split(",") if u.strip())
+
+
+def parse_initial_cluster(text):
+    """``name=peerURL,...`` -> tuple of (name, peerURL); only the URLs are used."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise SettingError("needs at least one name=peerURL entry")
+    out = []
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise SettingError("%r is not of the form name=peerURL" % item)
+        out.append((name.strip(), _host_port_url(url, "peer", ("http", "https"))))
+    return tuple(out)
+
+
+# --- the table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One flag: its name (as after the dashes), parser, default text and help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    ignored: bool = False  # accepted for etcd compatibility, has no effect
+    boolean: bool = False  # may be given without a value (``--enable-v2``)
+
+    @property
+    def attr(self):
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self):
+        return ENV_PREFIX + self.attr.upper()
+
+    @property
+    def flags(self):
+        return ("--" + self.name, "-" + self.name)
+
+
+SETTINGS = (
+    Setting("proxy", parse_mode, "on",
+            "Proxy mode: 'on' forwards everything, 'readonly' forwards only GET "
+            "(other methods get 501). 'off' is refused: this program is only a proxy."),
+    Setting("listen-client-urls", parse_listen_urls, "http://localhost:2379",
+            "Comma-separated http://host:port URLs to listen on for client traffic."),
+    Setting("initial-cluster", parse_initial_cluster, "default=http://localhost:2380",
+            "Comma-separated name=peerURL list of the cluster's members; the proxy "
+            "reads the member list from these peer URLs (only the URLs are used)."),
+    Setting("data-dir", parse_text, "",
+            "Directory for the proxy's state; empty means '<name>.etcd', as etcd."),
+    Setting("name", parse_text, "default",
+            "Name of this proxy; only used for the default data dir."),
+    Setting("proxy-refresh-interval", parse_ms, "30000",
+            "Milliseconds between member-list refreshes (each refresh also reshuffles "
+            "the endpoints)."),
+    Setting("proxy-failure-wait", parse_ms, "5000",
+            "Milliseconds an endpoint is skipped after a transport error."),
+    Setting("proxy-dial-timeout", parse_ms, "1000",
+            "Milliseconds to connect to a member; 0 means no limit."),
+    Setting("proxy-write-timeout", parse_ms, "5000",
+            "Milliseconds allowed for each write to a member; 0 means no limit."),
+    Setting("proxy-read-timeout", parse_ms, "0",
+            "Milliseconds allowed for each read from a member; 0 means no limit. "
+            "Leave it at 0 if clients use watches: a quiet watch is cut after this time."),
+    Setting("proxy-max-request-bytes", parse_count, "4194304",
+            "Largest request body accepted, in bytes; bodies are buffered so that a "
+            "safe retry sends the same bytes. Larger bodies get 413."),
+    Setting("proxy-transport", parse_transport, "requests",
+            "Upstream HTTP client: 'requests' (a requests.Session per member)."),
+    Setting("log-level", parse_log_level, "info",
+            "Log level: debug, info, warn or error. Logs go to stdout."),
+    # Member-only flags people pass to etcd: accepted so the same command line
+    # works, logged at debug level, otherwise ignored.
+    Setting("initial-cluster-token", parse_text, "etcd-cluster",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("initial-cluster-state", parse_text, "new",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("advertise-client-urls", parse_url_list, "http://localhost:2379",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("initial-advertise-peer-urls", parse_url_list, "http://localhost:2380",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("listen-peer-urls", parse_url_list, "http://localhost:2380",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("enable-v2", parse_bool, "true",
+            "Member-only; accepted and ignored (the proxy forwards v2 requests).",
+            ignored=True, boolean=True),
+)
+
+BY_ENV = {s.env: s for s in SETTINGS}
+
+
+class Settings:
+    """The parsed values, one attribute per setting (``proxy_failure_wait``...)."""
+
+    def __init__(self, values, sources):
+        self.__dict__.update(values)
+        self.sources = sources  # attr -> 'flag' | 'env' | 'default'
+
+    @property
+    def readonly(self):
+        return self.proxy == "readonly"
+
+    @property
+    def data_dir_path(self):
+        return self.data_dir or "%s.etcd" % self.name
+
+    @property
+    def peer_urls(self):
+        return tuple(url for _name, url in self.initial_cluster)
+
+    def __repr__(self):
+        shown = ", ".join("%s=%r" % (s.attr, getattr(self, s.attr)) for s in SETTINGS)
+        return "Settings(%s)" % shown
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and exit 2 instead of usage text."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+class UsageError(Exception):
+    """Bad command line or environment: one line for the user, exit status 2."""
+
+
+def _build_parser():
+    parser = _Parser(prog=PROG, allow_abbrev=False, add_help=True,
+                     description="An etcd v2 proxy on gevent; a drop-in for `etcd --proxy on|readonly`.")
+    for s in SETTINGS:
+        kwargs = dict(dest=s.attr, default=None, metavar=s.attr.upper(),
+                      help=s.help + " (env %s, default %r)" % (s.env, s.default))
+        if s.boolean:
+            kwargs.update(nargs="?", const="true")
+        parser.add_argument(*s.flags, **kwargs)
+    parser.add_argument("--version", "-version", action="version",
+                        version="%s %s" % (PROG, _version()))
+    return parser
+
+
+def _version():
+    from geproxy import __version__
+    return __version__
+
+
+def parse(argv=None, environ=None):
+    """Parse a command line and an environment into (Settings, notes).
+
+    ``notes`` is a list of (level, message) to log once logging is set up
+    (environment variables used, flags shadowing env vars, ignored flags).
+    Raises UsageError with a one-line message on any bad input.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ if environ is None else environ
+    given = vars(_build_parser().parse_args(argv))
+    values, sources, notes = {}, {}, []
+    for s in SETTINGS:
+        flag_text = given[s.attr]
+        env_text = environ.get(s.env, "")
+        if flag_text is not None:
+            text, source = flag_text, "flag"
+            if env_text:
+                notes.append(("warning", "flag --%s=%s overrides environment variable %s=%s"
+                              % (s.name, flag_text, s.env, env_text)))
+        elif env_text:
+            text, source = env_text, "env"
+            notes.append(("info", "recognized and used environment variable %s=%s"
+                          % (s.env, env_text)))
+        else:
+            text, source = s.default, "default"
+        try:
+            values[s.attr] = s.parse(text)
+        except SettingError as exc:
+            where = "--" + s.name if source == "flag" else s.env
+            raise UsageError("invalid value %r for %s: %s" % (text, where, exc)) from None
+        sources[s.attr] = source
+        if s.ignored and source != "default":
+            notes.append(("debug", "ignoring member-only flag --%s (this is a proxy)" % s.name))
+    for key in environ:
+        if key.startswith(ENV_PREFIX) and key not in BY_ENV:
+            notes.append(("warning", "unrecognized environment variable %s" % key))
+    return Settings(values, sources), notes
+
+
+def markdown_table():
+    """The README's flag table, rendered from SETTINGS."""
+    rows = ["| Flag | Environment | Default | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "`%s`" % s.default if s.default else "(empty)"
+        rows.append("| `--%s` | `%s` | %s | %s |" % (s.name, s.env, default,
+                                                    s.help.replace("|", "\\|")))
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(markdown_table())
+    else:
+        sys.stderr.write("usage: python -m geproxy.settings --markdown\n")
+        sys.exit(2)

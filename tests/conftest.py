@@ -1,0 +1,89 @@
+"""Shared fixtures: a real 3-member etcd cluster and proxies in front of it.
+
+Monkey-patching comes first, as in the entry point, so that in-process
+servers, requests and the test code all cooperate under gevent.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from geproxy.localcluster import LocalCluster, ProxyProcess  # noqa: E402
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch):
+    """Stray proxy variables must never route loopback test traffic."""
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One real 3-member etcd 3.4 cluster (v2 enabled) for the whole session."""
+    with LocalCluster(size=3) as c:
+        c.start()
+        yield c
+
+
+@pytest.fixture(scope="session")
+def proxy(cluster, tmp_path_factory):
+    """A readwrite proxy process in front of the session cluster."""
+    p = ProxyProcess(cluster.initial_cluster, data_dir=str(tmp_path_factory.mktemp("proxy")))
+    p.start(endpoints=len(cluster.members))
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def readonly_proxy(cluster, tmp_path_factory):
+    p = ProxyProcess(cluster.initial_cluster, args=["--proxy", "readonly"],
+                     data_dir=str(tmp_path_factory.mktemp("roproxy")))
+    p.start(endpoints=len(cluster.members))
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    """Factory for proxies with their own flags; each is stopped by pid afterwards."""
+    started = []
+
+    def start(initial_cluster, args=(), endpoints=1, env=None):
+        p = ProxyProcess(initial_cluster, args=list(args), env=env,
+                         data_dir=str(tmp_path / ("proxy%d" % len(started))))
+        started.append(p)
+        p.start(endpoints=endpoints)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def http():
+    """A requests session that ignores the environment (no proxies, no netrc)."""
+    s = requests.Session()
+    s.trust_env = False
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def key():
+    """A key prefix no other test uses, so tests can share the cluster."""
+    return "/v2/keys/t%s" % uuid.uuid4().hex[:12]
+
+
+def pytest_report_header(config):
+    return "etcd: %s" % os.popen("etcd --version 2>/dev/null | head -1").read().strip()

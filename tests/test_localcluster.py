@@ -1,0 +1,150 @@
+"""The etcd test harness itself: if it is wrong, every other test lies.
+
+Each test builds its own small cluster (about 0.3 s to start on tmpfs)
+rather than using the shared session cluster, because these tests kill,
+pause and reconfigure members.
+"""
+
+import os
+
+import pytest
+import requests
+
+from geproxy.localcluster import (LocalCluster, Member, ProxyProcess,
+                                  _parse_prometheus, free_port)
+
+
+@pytest.fixture
+def s():
+    session = requests.Session()
+    session.trust_env = False  # never route loopback through an env proxy
+    yield session
+    session.close()
+
+
+def gone(pid):
+    """True when no process with this pid exists (close() reaps, so there
+    is not even a zombie left)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def put(s, url, key, value):
+    r = s.put("%s/v2/keys/%s" % (url, key), data={"value": value}, timeout=5)
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+def get(s, url, key):
+    r = s.get("%s/v2/keys/%s" % (url, key), timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()["node"]["value"]
+
+
+def test_cluster_lifecycle_kill_restart_close(s):
+    c = LocalCluster(size=3)
+    base_dir = c.base_dir
+    with c:
+        c.start()  # a second start() inside `with` is a no-op
+        assert c.initial_cluster == ",".join(
+            "m%d=%s" % (i, u) for i, u in enumerate(c.peer_urls))
+        pids = [m.pid for m in c.members]
+        put(s, c.client_urls[0], "lc/a", "1")
+        assert [get(s, u, "lc/a") for u in c.client_urls] == ["1"] * 3
+
+        leader = c.leader_index()
+        follower = (leader + 1) % 3
+        c.kill(follower)
+        assert gone(pids[follower]) and not c.members[follower].alive
+        put(s, c.members[leader].client_url, "lc/a", "2")  # quorum of 2
+
+        c.restart(follower)
+        assert c.members[follower].pid != pids[follower]
+        pids.append(c.members[follower].pid)
+        assert get(s, c.members[follower].client_url, "lc/a") == "2"
+
+        m = c.members[0]
+        assert m.metric("etcd_debugging_store_watchers") == 0.0
+        assert m.metric("etcd_http_received_total{method=\"PUT\"}") >= 1
+        assert m.metric("no_such_metric", default=-1.0) == -1.0
+    assert all(gone(p) for p in pids)
+    assert not os.path.exists(base_dir)
+    c.close()  # idempotent
+
+
+def test_pause_resume_add_remove_and_new_client_url(s):
+    with LocalCluster(size=3) as c:
+        # Pause a follower: with the leader stopped, a write sent meanwhile
+        # is dropped by etcd and only fails after its ~6 s request timeout.
+        leader = c.leader_index()
+        follower = (leader + 1) % 3
+        c.pause(follower)
+        put(s, c.members[leader].client_url, "lc/b", "1")  # 2 of 3: quorum
+        c.resume(follower)
+        c.wait_healthy(timeout=10)
+
+        new = c.add_member()
+        assert len(c.members) == 4 and new.name == "m3"
+        assert get(s, new.client_url, "lc/b") == "1"
+        names = lambda: sorted(x["name"] for x in s.get(  # noqa: E731
+            c.client_urls[0] + "/v2/members", timeout=5).json()["members"])
+        assert names() == ["m0", "m1", "m2", "m3"]
+
+        removed = c.remove_member(1)
+        assert removed.name == "m1" and gone(removed.pid)
+        assert names() == ["m0", "m2", "m3"]
+
+        url = "http://127.0.0.1:%d" % free_port()
+        c.restart(1, advertise_client_url=url)  # index 1 is now m2
+        assert c.members[1].client_url == url
+        members = s.get(url + "/v2/members", timeout=5).json()["members"]
+        assert [x["clientURLs"] for x in members if x["name"] == "m2"] == [[url]]
+        pids = [m.pid for m in c.members]
+    assert all(gone(p) for p in pids)
+
+
+def test_start_failure_reports_member_output(tmp_path):
+    fake = tmp_path / "fake-etcd"
+    fake.write_text("#!/bin/sh\necho 'fake etcd refuses to start' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    c = LocalCluster(size=1, base_dir=str(tmp_path / "c"), etcd_bin=str(fake))
+    with pytest.raises(RuntimeError, match="fake etcd refuses to start"):
+        c.start(timeout=10)
+    c.close()
+    assert all(gone(m.pid) for m in c.members)
+
+
+def test_parse_prometheus_keeps_labels_as_printed():
+    text = ('# HELP x y\n# TYPE x counter\n'
+            'etcd_debugging_store_watchers 3\n'
+            'etcd_http_received_total{method="GET"} 12\n'
+            'go_info{version="go 1.19"} 1\n'
+            'weird NaN\n')
+    got = _parse_prometheus(text)
+    assert got["etcd_debugging_store_watchers"] == 3.0
+    assert got['etcd_http_received_total{method="GET"}'] == 12.0
+    assert got['go_info{version="go 1.19"}'] == 1.0
+    assert got["weird"] != got["weird"]  # NaN
+
+
+def test_member_without_process_has_no_pid():
+    m = Member("x", "http://127.0.0.1:1", "http://127.0.0.1:2",
+               "/nonexistent", "/nonexistent.log")
+    assert m.pid is None and not m.alive
+
+
+def test_proxy_process_start_and_stop_by_pid(s, tmp_path):
+    with LocalCluster(size=1) as c:
+        p = ProxyProcess(c.initial_cluster, data_dir=str(tmp_path / "proxy"))
+        try:
+            p.start(endpoints=1, timeout=20)
+            assert p.endpoints() == c.client_urls
+            put(s, p.url, "lc/p", "1")
+            assert get(s, p.url, "lc/p") == "1"
+        finally:
+            assert p.stop() == 0  # SIGTERM: a clean shutdown
+        assert gone(p.pid)
+        assert os.path.exists(str(tmp_path / "proxy.log"))
