@@ -372,9 +372,9 @@ class LocalCluster:
             for m in self.members:
                 m.initial_cluster = self.initial_cluster
                 m.initial_cluster_state = "new"
-            for m in self.members:
-                self._spawn_member(m)
             try:
+                for m in self.members:
+                    self._spawn_member(m)
                 # Explicit members: the default (live ones only) would
                 # skip a member that already crashed and call it success.
                 self.wait_healthy(timeout=max(0.0, deadline - time.monotonic()),
@@ -386,6 +386,10 @@ class LocalCluster:
                 port_clash = any(
                     "address already in use" in m.tail(200)
                     for m in self.members if not m.alive)
+            except BaseException:  # etcd missing, Ctrl-C, ...
+                for m in self.members:
+                    self._stop_member(m)
+                raise
             for m in self.members:
                 self._stop_member(m)
             if not port_clash or attempt == 2 or time.monotonic() > deadline:
@@ -457,14 +461,22 @@ class LocalCluster:
     def pause(self, i):
         """SIGSTOP member i: it keeps its sockets but stops answering,
         like a hung machine (connections hang instead of being refused)."""
-        m = self.members[i]
+        m = self._running(i)
         os.kill(m.pid, signal.SIGSTOP)
         m.paused = True
 
     def resume(self, i):
-        m = self.members[i]
+        m = self._running(i)
         os.kill(m.pid, signal.SIGCONT)
         m.paused = False
+
+    def _running(self, i):
+        # Once a child is reaped its pid may be reused by a stranger:
+        # only ever signal a process we know is still ours.
+        m = self.members[i]
+        if not m.alive:
+            raise RuntimeError(f"member {m.name} is not running")
+        return m
 
     def restart(self, i, timeout=30.0, advertise_client_url=None):
         """Start member i again on its existing data dir (kill it first if
@@ -629,6 +641,10 @@ class ProxyProcess:
             log_path = data_dir.rstrip(os.sep) + ".log"
         self.log_path = log_path
         self.proc = None
+
+    @property
+    def port(self):
+        return urllib.parse.urlsplit(self.url).port
 
     def __repr__(self):
         return f"<ProxyProcess {self.url} pid={self.pid} alive={self.alive}>"

@@ -130,8 +130,8 @@ def test_stream_watch_delivers_each_event_as_it_happens(http, proxy, key):
             assert event["node"]["value"] == value
         assert not g.dead, "the stream ended; events must arrive while it stays open"
     finally:
-        resp.close()
         g.kill()
+        resp.close()
 
 
 @pytest.mark.parametrize("query", ["wait=true", "wait=true&stream=true"])
@@ -155,7 +155,8 @@ def test_readonly_forwards_get_and_refuses_writes(http, cluster, proxy, readonly
     got = http.get(readonly_proxy.url + key)
     assert got.status_code == 200 and got.json()["node"]["value"] == "kept"
     for method in ("PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"):
-        r = http.request(method, readonly_proxy.url + key, data={"value": "changed"})
+        body = {"value": "changed"} if method in ("PUT", "POST", "PATCH") else None
+        r = http.request(method, readonly_proxy.url + key, data=body)
         assert (r.status_code, r.content) == (501, b""), method
         assert r.headers["Content-Length"] == "0"
     direct = http.get(cluster.client_urls[0] + key)
