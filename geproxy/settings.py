@@ -68,6 +68,64 @@ def parse_text(text):
     return text
 
 
+def parse_positive(text):
+    value = parse_count(text)
+    if value < 1:
+        raise SettingError("must be at least 1")
+    return value
+
+
+def parse_balance(text):
+    value = text.strip().lower()
+    if value not in BALANCES:
+        raise SettingError("must be one of " + ", ".join(BALANCES))
+    return value
+
+
+BALANCES = ("least-connections", "first")
+
+
+def parse_discovery_url(text):
+    """A discovery URL: http(s)://host[:port]/path-to-token (empty = not used)."""
+    raw = text.strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingError("%r is not an http(s) URL" % raw)
+    if parts.path in ("", "/"):
+        raise SettingError("%r has no token path" % raw)
+    return raw.rstrip("/")
+
+
+def parse_optional_url(text):
+    """An http URL or empty; 'host:port' gets http:// prepended, as etcd does."""
+    raw = text.strip()
+    if not raw:
+        return ""
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingError("%r is not an http(s) URL" % text)
+    return raw
+
+
+def parse_host_port(text):
+    """'host:port' or 'host' (port 53) or empty."""
+    raw = text.strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit("//" + raw)
+        port = parts.port or 53
+    except ValueError as exc:
+        raise SettingError("%r is not host:port (%s)" % (raw, exc)) from None
+    if not parts.hostname:
+        raise SettingError("%r has no host" % raw)
+    return "%s:%d" % (parts.hostname, port)
+
+
 def parse_log_level(text):
     value = text.strip().lower()
     if value == "warning":
@@ -155,6 +213,7 @@ class Setting:
     help: str
     ignored: bool = False  # accepted for etcd compatibility, has no effect
     boolean: bool = False  # may be given without a value (``--enable-v2``)
+    fallback_env: str = ""  # a platform variable read when ETCD_<FLAG> is unset
 
     @property
     def attr(self):
@@ -197,8 +256,42 @@ SETTINGS = (
     Setting("proxy-max-request-bytes", parse_count, "4194304",
             "Largest request body accepted, in bytes; bodies are buffered so that a "
             "safe retry sends the same bytes. Larger bodies get 413."),
+    Setting("proxy-header-timeout", parse_ms, "5000",
+            "Milliseconds to wait for a member's response headers on non-watch requests; "
+            "after it the member is marked failed, GET and HEAD go to the next member and "
+            "other methods get 504. Watches are exempt. 0 means no limit."),
     Setting("proxy-transport", parse_transport, "requests",
             "Upstream HTTP client: 'requests' (a requests.Session per member)."),
+    Setting("proxy-balance", parse_balance, "least-connections",
+            "'least-connections' binds each new client connection to the available member "
+            "with the fewest bound connections (its requests stay there while that member "
+            "is available); 'first' sends everything to the first available endpoint, as "
+            "the Go proxy."),
+    Setting("workers", parse_positive, "1",
+            "Processes sharing the listening sockets; from WEB_CONCURRENCY when neither "
+            "the flag nor ETCD_WORKERS is set.", fallback_env="WEB_CONCURRENCY"),
+    Setting("proxy-coalesce-watches", parse_bool, "true",
+            "Let identical concurrent one-shot watches (same path, query and "
+            "Authorization) share one upstream request.", boolean=True),
+    Setting("proxy-client-idle-timeout", parse_ms, "300000",
+            "Milliseconds a keep-alive client connection may sit idle between requests "
+            "before it is closed; connections waiting on a watch are exempt. 0 means never."),
+    Setting("proxy-max-connections", parse_count, "0",
+            "Most client connections per process; new ones beyond it are shed quickly. "
+            "0 means limited only by open files (the soft limit is raised to the hard one)."),
+    Setting("discovery", parse_discovery_url, "",
+            "Discovery URL (etcd v2 discovery protocol) to learn the peers from; the "
+            "proxy waits until the cluster has bootstrapped and never registers itself."),
+    Setting("discovery-srv", parse_text, "",
+            "DNS domain whose SRV records (_etcd-server-ssl._tcp, _etcd-server._tcp) "
+            "list the peers."),
+    Setting("discovery-srv-name", parse_text, "",
+            "Suffix for the SRV names (_etcd-server-<name>._tcp...)."),
+    Setting("discovery-srv-resolver", parse_host_port, "",
+            "host:port of the DNS server to ask for SRV records; empty means the "
+            "system's resolvers."),
+    Setting("discovery-proxy", parse_optional_url, "",
+            "HTTP proxy used for discovery traffic only."),
     Setting("log-level", parse_log_level, "info",
             "Log level: debug, info, warn or error. Logs go to stdout."),
     # Member-only flags people pass to etcd: accepted so the same command line
@@ -212,6 +305,8 @@ SETTINGS = (
     Setting("initial-advertise-peer-urls", parse_url_list, "http://localhost:2380",
             "Member-only; accepted and ignored.", ignored=True),
     Setting("listen-peer-urls", parse_url_list, "http://localhost:2380",
+            "Member-only; accepted and ignored.", ignored=True),
+    Setting("discovery-fallback", parse_text, "proxy",
             "Member-only; accepted and ignored.", ignored=True),
     Setting("enable-v2", parse_bool, "true",
             "Member-only; accepted and ignored (the proxy forwards v2 requests).",
@@ -298,12 +393,17 @@ def parse(argv=None, environ=None):
             text, source = env_text, "env"
             notes.append(("info", "recognized and used environment variable %s=%s"
                           % (s.env, env_text)))
+        elif s.fallback_env and environ.get(s.fallback_env, ""):
+            text, source = environ[s.fallback_env], "env"
+            notes.append(("info", "recognized and used environment variable %s=%s"
+                          % (s.fallback_env, text)))
         else:
             text, source = s.default, "default"
         try:
             values[s.attr] = s.parse(text)
         except SettingError as exc:
-            where = "--" + s.name if source == "flag" else s.env
+            where = "--" + s.name if source == "flag" else (
+                s.env if env_text else s.fallback_env)
             raise UsageError("invalid value %r for %s: %s" % (text, where, exc)) from None
         sources[s.attr] = source
         if s.ignored and source != "default":

@@ -84,7 +84,29 @@ ENV_CASES = [
      ("http://127.0.0.1:6",)),
     ("ETCD_LISTEN_PEER_URLS", "http://127.0.0.1:7", "listen_peer_urls", ("http://127.0.0.1:7",)),
     ("ETCD_ENABLE_V2", "false", "enable_v2", False),
+    ("ETCD_PROXY_HEADER_TIMEOUT", "17", "proxy_header_timeout", 17),
+    ("ETCD_PROXY_BALANCE", "first", "proxy_balance", "first"),
+    ("ETCD_WORKERS", "3", "workers", 3),
+    ("ETCD_PROXY_COALESCE_WATCHES", "false", "proxy_coalesce_watches", False),
+    ("ETCD_PROXY_CLIENT_IDLE_TIMEOUT", "18", "proxy_client_idle_timeout", 18),
+    ("ETCD_PROXY_MAX_CONNECTIONS", "19", "proxy_max_connections", 19),
+    ("ETCD_DISCOVERY", "http://127.0.0.1:9/v2/keys/_disc/tok", "discovery",
+     "http://127.0.0.1:9/v2/keys/_disc/tok"),
+    ("ETCD_DISCOVERY_SRV", "example.test", "discovery_srv", "example.test"),
+    ("ETCD_DISCOVERY_SRV_NAME", "blue", "discovery_srv_name", "blue"),
+    ("ETCD_DISCOVERY_SRV_RESOLVER", "127.0.0.1:5353", "discovery_srv_resolver",
+     "127.0.0.1:5353"),
+    ("ETCD_DISCOVERY_PROXY", "127.0.0.1:3128", "discovery_proxy", "http://127.0.0.1:3128"),
+    ("ETCD_DISCOVERY_FALLBACK", "exit", "discovery_fallback", "exit"),
 ]
+
+
+def test_web_concurrency_sets_workers_unless_etcd_workers_given():
+    assert parse([], {"WEB_CONCURRENCY": "4"})[0].workers == 4
+    assert parse([], {"WEB_CONCURRENCY": "4", "ETCD_WORKERS": "2"})[0].workers == 2
+    assert parse(["--workers", "3"], {"WEB_CONCURRENCY": "4"})[0].workers == 3
+    with pytest.raises(UsageError, match="WEB_CONCURRENCY"):
+        parse([], {"WEB_CONCURRENCY": "zero"})
 
 
 def test_env_cases_cover_every_setting():
