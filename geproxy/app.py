@@ -20,7 +20,10 @@ away closes the upstream request (see ``disconnect``).
 import json
 import logging
 
+import gevent
+
 from geproxy import disconnect
+from geproxy.endpoints import BINDING
 from geproxy.headers import request_headers, request_target, response_headers
 from geproxy.upstream import UpstreamError
 
@@ -33,6 +36,10 @@ _TRUE = frozenset(("1", "t", "T", "true", "TRUE", "True"))
 
 class BodyTooLarge(Exception):
     pass
+
+
+class MemberTimeout(UpstreamError):
+    """The member took longer than the header timeout; it may have applied a write."""
 
 
 def _json_error(start_response, status, message, close=False):
@@ -64,8 +71,7 @@ def read_body(environ, limit):
         if size > limit:
             raise BodyTooLarge()
         return stream.read(size) if size else b""
-    if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" or \
-            environ.get("wsgi.input_terminated") and "HTTP_TRANSFER_ENCODING" in environ:
+    if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         body = stream.read(limit + 1)
         if len(body) > limit:
             raise BodyTooLarge()
@@ -74,15 +80,23 @@ def read_body(environ, limit):
 
 
 class ProxyApp:
-    """Routes requests to the local endpoints or forwards them to a member."""
+    """Routes requests to the local endpoints or forwards them to a member.
 
-    def __init__(self, endpoints, transport, readonly=False, max_body=4 << 20, status=None):
+    ``status`` returns extra fields for the config endpoint and ``waiting``
+    a reason while no member list is known yet (both from membership);
+    ``header_timeout`` bounds a non-watch exchange with one member (seconds,
+    0 = none): a hung member is then marked failed instead of hanging clients.
+    """
+
+    def __init__(self, endpoints, transport, readonly=False, max_body=4 << 20,
+                 header_timeout=0.0, status=None, waiting=None):
         self.endpoints = endpoints
         self.transport = transport
         self.readonly = readonly
         self.max_body = max_body
-        # callable returning extra fields for the config endpoint (membership state)
+        self.header_timeout = header_timeout or None
         self.status = status or (lambda: {})
+        self.waiting = waiting or (lambda: None)
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -126,54 +140,80 @@ class ProxyApp:
         headers = request_headers(environ)
         if body or "CONTENT_LENGTH" in environ or method in ("POST", "PUT", "PATCH"):
             headers.append(("Content-Length", str(len(body))))
+        watch = method == "GET" and is_watch(environ.get("QUERY_STRING", ""))
 
-        candidates = self.endpoints.available()
+        candidates = self.endpoints.ordered(environ.get(BINDING))
         if not candidates:
-            log.warning("zero endpoints currently available")
-            return _json_error(start_response, "503 Service Unavailable",
-                               "httpproxy: zero endpoints currently available")
-        resp = None
+            waiting = self.waiting()
+            message = "httpproxy: " + (waiting or "zero endpoints currently available")
+            log.warning("%s", message[len("httpproxy: "):])
+            return _json_error(start_response, "503 Service Unavailable", message)
         for endpoint in candidates:
             try:
-                resp = self.transport.request(endpoint.url, method, target, headers, body or None)
-                break
+                resp, content = self.exchange(endpoint, method, target, headers, body, watch)
             except UpstreamError as exc:
                 if self.endpoints.mark_failed(endpoint):
                     log.warning("marked endpoint %s unavailable: %s", endpoint.url, exc)
                 if exc.sent and method not in RETRY_ELSEWHERE:
-                    return _json_error(
-                        start_response, "502 Bad Gateway",
-                        "httpproxy: member %s failed mid-request (%s); not retried on "
-                        "another member because it may have been applied"
-                        % (endpoint.url, exc))
-        if resp is None:
-            return _json_error(start_response, "502 Bad Gateway",
-                               "httpproxy: unable to get response from %d endpoint(s)"
-                               % len(candidates))
-        return self.respond(environ, start_response, method, resp)
+                    return self.not_retried(start_response, endpoint, exc)
+                continue
+            if content is None:
+                return self.stream(environ, start_response, resp)
+            return self.respond(start_response, method, resp, content)
+        return _json_error(start_response, "502 Bad Gateway",
+                           "httpproxy: unable to get response from %d endpoint(s)"
+                           % len(candidates))
 
-    def respond(self, environ, start_response, method, resp):
+    def exchange(self, endpoint, method, target, headers, body, watch):
+        """One member's answer: (response, whole body), or (response, None) for a watch.
+
+        A non-watch exchange is bounded by header_timeout; watches wait as long
+        as the member keeps them open (only --proxy-read-timeout cuts them).
+        """
+        if watch:
+            return self.transport.request(endpoint.url, method, target, headers, body), None
+        timer = gevent.Timeout(self.header_timeout)
+        timer.start()
+        resp = None
+        try:
+            resp = self.transport.request(endpoint.url, method, target, headers, body)
+            return resp, resp.read()
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            if resp is not None:
+                resp.close()
+            raise MemberTimeout("no answer within %d ms" % (self.header_timeout * 1000)) from None
+        finally:
+            timer.close()
+
+    def not_retried(self, start_response, endpoint, exc):
+        """A write that may have reached a member: never sent to a second one."""
+        if isinstance(exc, MemberTimeout):
+            return _json_error(
+                start_response, "504 Gateway Timeout",
+                "httpproxy: member %s gave no answer in time (%s); not retried on another "
+                "member because it may have been applied" % (endpoint.url, exc))
+        return _json_error(
+            start_response, "502 Bad Gateway",
+            "httpproxy: member %s failed mid-request (%s); not retried on another member "
+            "because it may have been applied" % (endpoint.url, exc))
+
+    def respond(self, start_response, method, resp, content):
         status = "%d %s" % (resp.status, resp.reason)
         headers = response_headers(resp.headers)
-        if method != "HEAD" and is_watch(environ.get("QUERY_STRING", "")):
-            return self.stream(environ, start_response, status, headers, resp)
-        try:
-            body = resp.read()  # read to the end, so the connection goes back to the pool
-        except UpstreamError as exc:
-            log.warning("member response body failed: %s", exc)
-            return _json_error(start_response, "502 Bad Gateway",
-                               "httpproxy: member response ended early: %s" % exc, close=True)
         if method == "HEAD":  # keep the member's Content-Length; send no body
             start_response(status, headers)
             return []
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(body))))
+        headers.append(("Content-Length", str(len(content))))
         start_response(status, headers)
-        return [body]
+        return [content]
 
-    def stream(self, environ, start_response, status, headers, resp):
+    def stream(self, environ, start_response, resp):
         """Flush the headers now, then each chunk as the member sends it."""
-        write = start_response(status, headers)
+        write = start_response("%d %s" % (resp.status, resp.reason),
+                               response_headers(resp.headers))
         write(b"")  # pywsgi sends the headers on an explicit empty write
         guard = disconnect.watch(environ)
         try:

@@ -19,9 +19,11 @@ from gevent.event import Event  # noqa: E402
 
 from geproxy import settings as settings_mod  # noqa: E402
 from geproxy.app import ProxyApp  # noqa: E402
+from geproxy.bootstrap import Bootstrap, BootstrapError, check_conflicts  # noqa: E402
+from geproxy.datadir import ClusterFile, DataDirError  # noqa: E402
 from geproxy.endpoints import EndpointSet  # noqa: E402
-from geproxy.membership import Membership  # noqa: E402
-from geproxy.server import ProxyServer  # noqa: E402
+from geproxy.membership import Membership, SelfAddresses  # noqa: E402
+from geproxy.server import ProxyServer, listen_address  # noqa: E402
 from geproxy.upstream import make_transport  # noqa: E402
 
 log = logging.getLogger("geproxy")
@@ -44,20 +46,51 @@ def ms(value):
     return value / 1000.0
 
 
-def build(settings):
-    """Wire the parts together; returns (membership, server, transport)."""
-    endpoints = EndpointSet(failure_wait=ms(settings.proxy_failure_wait))
-    membership = Membership(settings.peer_urls, endpoints,
-                            refresh_interval=ms(settings.proxy_refresh_interval),
-                            dial_timeout=ms(settings.proxy_dial_timeout))
+def fail(message):
+    """One line for the operator on stderr (and in the log), exit status 1."""
+    log.error("%s", message)
+    sys.stderr.write("%s: %s\n" % (settings_mod.PROG, message))
+    sys.exit(1)
+
+
+def build_app(settings, on_fatal=None):
+    """The WSGI app and its background parts, wired in data-flow order.
+
+    Returns (app, membership, transport); nothing runs until
+    ``membership.start()``, so a pre-fork server can call this in each worker.
+    """
+    cluster_file = ClusterFile(settings.data_dir_path)
+    endpoints = EndpointSet(failure_wait=ms(settings.proxy_failure_wait),
+                            balance=settings.proxy_balance)
+    bootstrap = Bootstrap(settings, cluster_file)
+    membership = Membership(
+        bootstrap, endpoints,
+        refresh_interval=ms(settings.proxy_refresh_interval),
+        dial_timeout=ms(settings.proxy_dial_timeout),
+        cluster_file=cluster_file,
+        self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls),
+        on_fatal=on_fatal)
     transport = make_transport(settings.proxy_transport,
                                dial_timeout=ms(settings.proxy_dial_timeout),
                                write_timeout=ms(settings.proxy_write_timeout),
                                read_timeout=ms(settings.proxy_read_timeout))
     app = ProxyApp(endpoints, transport, readonly=settings.readonly,
-                   max_body=settings.proxy_max_request_bytes)
-    server = ProxyServer(app, settings.listen_client_urls)
-    return membership, server, transport
+                   max_body=settings.proxy_max_request_bytes,
+                   header_timeout=ms(settings.proxy_header_timeout),
+                   status=membership.status,
+                   waiting=lambda: bootstrap.waiting)
+    return app, membership, transport
+
+
+def preflight(settings):
+    """Checks that end the process before it listens: exit 1 with one line."""
+    try:
+        check_conflicts(settings)
+        cluster_file = ClusterFile(settings.data_dir_path)
+        cluster_file.check()
+        cluster_file.read()  # a garbage file stops us here, before listening
+    except (BootstrapError, DataDirError) as exc:
+        fail(str(exc))
 
 
 def main(argv=None):
@@ -69,13 +102,29 @@ def main(argv=None):
     setup_logging(settings.log_level)
     for level, message in notes:
         getattr(log, level)("%s", message)
+    preflight(settings)
+    if settings.workers > 1:
+        from geproxy.workers import serve_workers
+        return serve_workers(settings)
+    return serve(settings)
+
+
+def serve(settings):
+    """One process: listeners, the refresh greenlet, until SIGTERM or SIGINT."""
     log.info("starting %s proxy (this proxy supports the v2 API only)", settings.proxy)
-    try:
-        membership, server, transport = build(settings)
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", ",".join(settings.listen_client_urls), exc)
-        sys.exit(1)
     stopping = Event()
+    fatal = []
+
+    def on_fatal(exc):
+        fatal.append(exc)
+        stopping.set()
+
+    app, membership, transport = build_app(settings, on_fatal=on_fatal)
+    try:
+        server = ProxyServer(app, settings.listen_client_urls,
+                             max_connections=settings.proxy_max_connections or None)
+    except OSError as exc:
+        fail("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
 
     def on_signal(signum):
         log.info("received %s, shutting down", signal.Signals(signum).name)
@@ -90,5 +139,7 @@ def main(argv=None):
     membership.stop()
     server.stop(timeout=1.0)
     transport.close()
+    if fatal:
+        fail(str(fatal[0]))
     log.info("stopped")
     return 0

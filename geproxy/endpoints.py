@@ -6,20 +6,30 @@ A failed endpoint is skipped for ``failure_wait`` seconds and then tried again
 (etcd's ``--proxy-failure-wait``).  Unlike the Go proxy, a refresh keeps those
 failure marks: a member that just failed does not come back early because the
 member list was re-read.
+
+Spreading load (``--proxy-balance least-connections``, the default): the Go
+proxy sends everything to the first available endpoint until the next
+reshuffle, so one proxy loads one member.  Here each client connection gets a
+``Binding`` to the available endpoint with the fewest bound connections (ties
+go to the shuffled order); its requests stay there while that endpoint is
+available, so one connection sees monotonic reads, and move when it fails.
 """
 
 import random
 import time
 
+BINDING = "geproxy.binding"  # environ key of the client connection's Binding
+
 
 class Endpoint:
     """One member client URL and, if it failed recently, when it may be retried."""
 
-    __slots__ = ("url", "failed_until")
+    __slots__ = ("url", "failed_until", "bound")
 
     def __init__(self, url):
         self.url = url
         self.failed_until = 0.0
+        self.bound = 0  # client connections currently bound here
 
     def __repr__(self):
         return "Endpoint(%r)" % self.url
@@ -28,8 +38,10 @@ class Endpoint:
 class EndpointSet:
     """The current endpoints in shuffled order, with failure marks."""
 
-    def __init__(self, failure_wait, clock=time.monotonic, rng=None):
+    def __init__(self, failure_wait, balance="least-connections", clock=time.monotonic,
+                 rng=None):
         self.failure_wait = failure_wait
+        self.balance = balance
         self._clock = clock
         self._rng = rng or random.Random()
         self._endpoints = []
@@ -63,3 +75,41 @@ class EndpointSet:
         was_available = endpoint.failed_until <= now
         endpoint.failed_until = now + self.failure_wait
         return was_available
+
+    def ordered(self, binding=None):
+        """Available endpoints in the order to try them for one request.
+
+        With a binding (one per client connection) and least-connections
+        balance, the connection's endpoint comes first, (re)bound to the least
+        loaded available endpoint when it has none or its endpoint failed.
+        """
+        available = self.available()
+        if binding is None or self.balance != "least-connections" or not available:
+            return available
+        current = binding.endpoint
+        if current is None or current not in available:
+            best = min(available, key=lambda ep: ep.bound)  # first of the ties
+            binding.bind(best)
+            current = best
+        if available[0] is current:
+            return available
+        return [current] + [ep for ep in available if ep is not current]
+
+
+class Binding:
+    """Which endpoint one client connection uses; released when it closes."""
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self):
+        self.endpoint = None
+
+    def bind(self, endpoint):
+        self.release()
+        endpoint.bound += 1
+        self.endpoint = endpoint
+
+    def release(self):
+        if self.endpoint is not None:
+            self.endpoint.bound -= 1
+            self.endpoint = None

@@ -4,15 +4,23 @@ At start and then every refresh interval, ``GET <peerURL>/members`` is asked of
 the known peer URLs in order until one answers with a JSON array of members and
 an ``X-Etcd-Cluster-ID`` header (the same test the Go proxy applies).  The
 members' client URLs become the endpoints (shuffled by EndpointSet); their peer
-URLs become the list asked next time, so the proxy follows membership changes.
+URLs become the list asked next time (and the data dir's cluster file), so the
+proxy follows membership changes.
 
-Better than the Go proxy: a failed or empty read keeps the last good endpoint
-list (the Go proxy empties it and answers 503 until the next refresh).
+Better than the Go proxy:
+* a failed or empty read keeps the last good endpoint list (the Go proxy
+  empties it and answers 503 until the next refresh);
+* a client URL that points back at this proxy's own listeners is skipped with
+  a warning (the Go proxy forwards to itself until file descriptors run out);
+* the first peer URLs may take time to learn (discovery): the refresh greenlet
+  waits for them while the listeners already answer 503.
 """
 
 import json
 import logging
+import socket
 import time
+from urllib.parse import urlsplit
 
 import gevent
 import requests
@@ -57,18 +65,77 @@ def _urls(members, key):
     return sorted(urls)
 
 
-class Membership:
-    """Owns the peer URL list and the refresh greenlet; feeds an EndpointSet."""
+class SelfAddresses:
+    """Recognises URLs that point at this proxy's own listeners (loop guard)."""
 
-    def __init__(self, peer_urls, endpoints, refresh_interval, dial_timeout):
-        self.peer_urls = sorted(peer_urls)
+    _WILDCARD = ("0.0.0.0", "::")
+
+    def __init__(self, listen_addresses):
+        self._ports = {}
+        for host, port in listen_addresses:
+            self._ports.setdefault(port, set()).update(self._resolve(host))
+
+    @staticmethod
+    def _resolve(host):
+        try:
+            return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            return {host}
+
+    def _local(self, ip):
+        return ip.startswith("127.") or ip == "::1"
+
+    def __contains__(self, url):
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return False
+        listen_ips = self._ports.get(port)
+        if not listen_ips:
+            return False
+        for ip in self._resolve(parts.hostname or ""):
+            if ip in listen_ips:
+                return True
+            if listen_ips & set(self._WILDCARD) and (self._local(ip) or ip in self._WILDCARD):
+                return True
+        return False
+
+
+class Membership:
+    """Owns the peer URL list and the refresh greenlet; feeds an EndpointSet.
+
+    ``initial_peers`` is a callable giving the first peer URLs (it may block,
+    e.g. for discovery); ``cluster_file`` (optional) stores the peer URLs
+    after a read that changed them; ``on_fatal`` is called with the error if
+    ``initial_peers`` fails for good.
+    """
+
+    def __init__(self, initial_peers, endpoints, refresh_interval, dial_timeout,
+                 cluster_file=None, self_addresses=None, on_fatal=None):
+        self._initial_peers = initial_peers
+        self.peer_urls = []
         self.endpoints = endpoints
         self.refresh_interval = refresh_interval
         self.dial_timeout = dial_timeout or None
+        self.cluster_file = cluster_file
+        self.self_addresses = self_addresses or ()
+        self.on_fatal = on_fatal
         self.last_refresh = None  # (wall time, ok, detail)
+        self.waiting = "waiting for the first member list"
         self._session = requests.Session()
         self._session.trust_env = False  # never send /members through an env proxy
         self._greenlet = None
+
+    def _client_urls(self, members):
+        urls = []
+        for url in _urls(members, "clientURLs"):
+            if url in self.self_addresses:
+                log.warning("skipping endpoint %s: it points at this proxy (forwarding loop)",
+                            url)
+            else:
+                urls.append(url)
+        return urls
 
     def refresh(self):
         """Read the member list once; on success replace the endpoints. True if ok."""
@@ -79,24 +146,34 @@ class Membership:
             except MembersError as exc:
                 errors.append(str(exc))
                 continue
-            client_urls = _urls(members, "clientURLs")
+            client_urls = self._client_urls(members)
             if not client_urls:
-                errors.append("%s: cluster lists no client URLs" % peer_url)
+                errors.append("%s: cluster lists no usable client URLs" % peer_url)
                 break  # as etcd: an empty but valid answer ends this round
             self.endpoints.replace(client_urls)
             new_peers = _urls(members, "peerURLs")
             if new_peers and new_peers != self.peer_urls:
                 log.info("updated peer urls from %s to %s", self.peer_urls, new_peers)
                 self.peer_urls = new_peers
-            self.last_refresh = (time.time(), True, "%d endpoint(s)" % len(client_urls))
+            self._store_peers()
+            self.waiting = None
+            self.last_refresh = (time.time(), True, "%d endpoint(s) from %s"
+                                 % (len(client_urls), peer_url))
             log.debug("refreshed members from %s: %s", peer_url, client_urls)
             return True
         detail = "; ".join(errors) or "no peer URLs"
-        kept = len(self.endpoints.all())
         log.warning("could not read the member list (%s); keeping %d known endpoint(s)",
-                    detail, kept)
+                    detail, len(self.endpoints.all()))
         self.last_refresh = (time.time(), False, detail)
         return False
+
+    def _store_peers(self):
+        if self.cluster_file is None:
+            return
+        try:
+            self.cluster_file.write(self.peer_urls)
+        except OSError as exc:  # forwarding goes on; the next change tries again
+            log.warning("could not write cluster file %s: %s", self.cluster_file.path, exc)
 
     def next_delay(self):
         """Seconds until the next refresh: the interval, or 1 s while nothing is known."""
@@ -104,8 +181,32 @@ class Membership:
             return FAST_RETRY
         return self.refresh_interval
 
+    def status(self):
+        """Extra fields for /v2/config/local/proxy (additive to the Go format)."""
+        doc = {
+            "failed": [{"endpoint": ep.url, "retry_in_ms": int(left * 1000)}
+                       for ep, left in self.endpoints.failed()],
+            "peerURLs": list(self.peer_urls),
+        }
+        if self.waiting:
+            doc["waiting"] = self.waiting
+        if self.last_refresh is not None:
+            when, ok, detail = self.last_refresh
+            doc["lastRefresh"] = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+                "ok": ok, "detail": detail}
+        return doc
+
     def run(self):
-        """Refresh forever; the first refresh happens immediately."""
+        """Learn the first peer URLs, then refresh forever."""
+        try:
+            self.peer_urls = sorted(self._initial_peers())
+        except Exception as exc:  # a bad cluster file, failed discovery: fatal
+            if self.on_fatal is None:
+                raise
+            self.on_fatal(exc)
+            return
+        self.waiting = "waiting for the first member list from %s" % ", ".join(self.peer_urls)
         while True:
             try:
                 self.refresh()

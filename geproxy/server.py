@@ -4,6 +4,8 @@
   body in two sends, and with Nagle on every keep-alive response would wait
   ~40 ms for a delayed ACK (gevent#1233).  Linux copies the option to accepted
   sockets; the handler sets it again for listeners made elsewhere.
+* Each client connection carries a ``Binding`` (endpoints.py) so that its
+  requests stay on one member, released when the connection closes.
 * The handler keeps the raw request target (``RAW_URI``: pywsgi decodes
   PATH_INFO, which would turn ``%2F`` into ``/``) and the client socket (for
   the disconnect guard) in the environ.
@@ -20,6 +22,7 @@ from gevent import pywsgi
 from gevent.pool import Pool
 
 from geproxy.disconnect import CLIENT_SOCKET
+from geproxy.endpoints import BINDING, Binding
 
 log = logging.getLogger("geproxy.server")
 
@@ -58,7 +61,11 @@ class ProxyHandler(pywsgi.WSGIHandler):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        super().handle()
+        self.binding = Binding()  # which member this connection's requests go to
+        try:
+            super().handle()
+        finally:
+            self.binding.release()
 
     def MessageClass(self, *args):
         headers = super().MessageClass(*args)
@@ -82,6 +89,7 @@ class ProxyHandler(pywsgi.WSGIHandler):
         env = super().get_environ()
         env["RAW_URI"] = self.path
         env[CLIENT_SOCKET] = self.socket
+        env[BINDING] = self.binding
         return env
 
 
