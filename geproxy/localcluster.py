@@ -324,7 +324,7 @@ class LocalCluster:
             "--name", m.name,
             "--data-dir", m.data_dir,
             "--listen-client-urls", m.client_url,
-            "--advertise-client-urls", m.client_url,
+            "--advertise-client-urls", getattr(m, "advertised_url", None) or m.client_url,
             "--listen-peer-urls", m.peer_url,
             "--initial-advertise-peer-urls", m.peer_url,
             "--initial-cluster", m.initial_cluster,
@@ -478,7 +478,8 @@ class LocalCluster:
             raise RuntimeError(f"member {m.name} is not running")
         return m
 
-    def restart(self, i, timeout=30.0, advertise_client_url=None):
+    def restart(self, i, timeout=30.0, advertise_client_url=None, advertise_only_url=None,
+                wait=True):
         """Start member i again on its existing data dir (kill it first if
         still running). etcd ignores the --initial-cluster* flags when the
         data dir exists, so the member rejoins with its old identity.
@@ -486,13 +487,19 @@ class LocalCluster:
         With advertise_client_url the member listens on and advertises
         that URL instead; etcd publishes the new client URL via raft, so it
         shows up in /v2/members and the member's client_url is updated.
+        With advertise_only_url the member keeps listening on its client URL
+        but advertises the other one (a misconfigured member; None clears it).
+        wait=False returns at once (restarting a whole stopped cluster needs
+        every member up before any is healthy; then call wait_healthy()).
         """
         m = self.members[i]
         self.kill(i)
         if advertise_client_url is not None:
             m.client_url = _loopback_url(advertise_client_url.rstrip("/"))
+        m.advertised_url = advertise_only_url
         self._spawn_member(m)
-        self.wait_healthy(timeout=timeout, members=[m])
+        if wait:
+            self.wait_healthy(timeout=timeout, members=[m])
         return m
 
     def leader_index(self, timeout=10.0):
@@ -658,10 +665,13 @@ class ProxyProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self):
-        # Caller's args last, so they can override ours.
+        # Caller's args last, so they can override ours.  initial_cluster
+        # None leaves --initial-cluster out: with --discovery or
+        # --discovery-srv setting it is a conflict (exit 1).
+        cluster = [] if self.initial_cluster is None else \
+            ["--initial-cluster", self.initial_cluster]
         return [sys.executable, "-m", "geproxy",
-                "--listen-client-urls", self.url,
-                "--initial-cluster", self.initial_cluster,
+                "--listen-client-urls", self.url, *cluster,
                 "--data-dir", self.data_dir, *self.args]
 
     def _environ(self):

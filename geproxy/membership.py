@@ -193,7 +193,8 @@ class Membership:
         if self.last_refresh is not None:
             when, ok, detail = self.last_refresh
             doc["lastRefresh"] = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+                "time": "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)),
+                                      int(when * 1000) % 1000),
                 "ok": ok, "detail": detail}
         return doc
 
