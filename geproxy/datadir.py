@@ -65,7 +65,7 @@ class ClusterFile:
         data = json.dumps({"PeerURLs": urls}, separators=(",", ":")).encode()
         os.makedirs(self.proxy_dir, mode=0o700, exist_ok=True)
         os.chmod(self.proxy_dir, 0o700)
-        tmp = self.path + ".tmp"
+        tmp = "%s.tmp.%d" % (self.path, os.getpid())  # workers may write at once
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
