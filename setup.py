@@ -18,6 +18,7 @@ setup(
         "requests>=2.28",
         "urllib3>=2",
         "prometheus-client>=0.17",
+        "dnspython>=2.0",
     ],
     entry_points={"console_scripts": ["gevent-etcdproxy = geproxy.cli:main"]},
 )
