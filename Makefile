@@ -1,6 +1,7 @@
 # Two commands (see README.md):
 #   make run   - a local 3-member etcd cluster with the proxy in front, on http://127.0.0.1:8080
 #   make test  - the whole test suite
+#   make bench - bench/spread.py and bench/throughput.py with default options (bench/README.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -32,6 +33,19 @@ run: venv etcd
 
 test: venv etcd
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks; extra options via SPREAD_ARGS / THROUGHPUT_ARGS, e.g.
+#   make bench SPREAD_ARGS=--compare-go THROUGHPUT_ARGS="--rounds 5"
+bench: venv etcd
+	@command -v wrk >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing wrk with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else \
+			echo "wrk not found: install it, e.g. 'apt-get install wrk'"; exit 1; \
+		fi; }
+	$(PY) bench/spread.py $(SPREAD_ARGS)
+	$(PY) bench/throughput.py $(THROUGHPUT_ARGS)
 
 readme-flags: venv
 	$(PY) -m geproxy.settings --markdown

@@ -19,6 +19,7 @@ setup(
         "urllib3>=2",
         "prometheus-client>=0.17",
         "dnspython>=2.0",
+        "gunicorn>=27.0.1",
     ],
     entry_points={"console_scripts": ["gevent-etcdproxy = geproxy.cli:main"]},
 )

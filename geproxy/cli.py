@@ -23,7 +23,7 @@ from geproxy.bootstrap import Bootstrap, BootstrapError, check_conflicts  # noqa
 from geproxy.datadir import ClusterFile, DataDirError  # noqa: E402
 from geproxy.endpoints import EndpointSet  # noqa: E402
 from geproxy.membership import Membership, SelfAddresses  # noqa: E402
-from geproxy.server import ProxyServer, listen_address  # noqa: E402
+from geproxy.server import ProxyServer, listen_address, raise_open_files_limit  # noqa: E402
 from geproxy.upstream import make_transport  # noqa: E402
 
 log = logging.getLogger("geproxy")
@@ -74,11 +74,20 @@ def build_app(settings, on_fatal=None):
                                dial_timeout=ms(settings.proxy_dial_timeout),
                                write_timeout=ms(settings.proxy_write_timeout),
                                read_timeout=ms(settings.proxy_read_timeout))
+
+    def status():
+        """Membership's fields; while discovery waits, its progress is the state."""
+        doc = membership.status()
+        if bootstrap.waiting:
+            doc["waiting"] = bootstrap.waiting
+        return doc
+
     app = ProxyApp(endpoints, transport, readonly=settings.readonly,
                    max_body=settings.proxy_max_request_bytes,
                    header_timeout=ms(settings.proxy_header_timeout),
-                   status=membership.status,
-                   waiting=lambda: bootstrap.waiting)
+                   status=status,
+                   waiting=lambda: bootstrap.waiting,
+                   coalesce_watches=settings.proxy_coalesce_watches)
     return app, membership, transport
 
 
@@ -111,7 +120,7 @@ def main(argv=None):
 
 def serve(settings):
     """One process: listeners, the refresh greenlet, until SIGTERM or SIGINT."""
-    log.info("starting %s proxy (this proxy supports the v2 API only)", settings.proxy)
+    log.info("starting proxy in '%s' mode (this proxy supports the v2 API only)", settings.proxy)
     stopping = Event()
     fatal = []
 
@@ -119,10 +128,15 @@ def serve(settings):
         fatal.append(exc)
         stopping.set()
 
+    soft, hard = raise_open_files_limit()
+    if soft is not None:
+        log.info("open files limit %d (hard %d); client connection cap %s", soft, hard,
+                 settings.proxy_max_connections or "none")
     app, membership, transport = build_app(settings, on_fatal=on_fatal)
     try:
         server = ProxyServer(app, settings.listen_client_urls,
-                             max_connections=settings.proxy_max_connections or None)
+                             max_connections=settings.proxy_max_connections,
+                             idle_timeout=ms(settings.proxy_client_idle_timeout))
     except OSError as exc:
         fail("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
 

@@ -18,21 +18,39 @@ HOP_BY_HOP = frozenset((
 _REQUEST_OWN = frozenset(("content-length", "expect", "x-forwarded-for"))
 
 
+_REQUEST_DROP = HOP_BY_HOP | _REQUEST_OWN
+
+# environ key -> (header name, lower-case name); the set of names clients send
+# is small, so the conversion is done once per name, not once per request.
+_NAMES = {}
+_NAMES_MAX = 4096
+
+
+def _header_name(key):
+    names = _NAMES.get(key)
+    if names is None:
+        name = key[5:].replace("_", "-").title()
+        names = (name, name.lower())
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[key] = names
+    return names
+
+
 def _connection_tokens(value):
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
 def request_headers(environ):
     """Headers to send upstream, as a list of (name, value), from a WSGI environ."""
-    drop = HOP_BY_HOP | _REQUEST_OWN
+    drop = _REQUEST_DROP
     connection = environ.get("HTTP_CONNECTION")
     if connection:
         drop = drop | _connection_tokens(connection)
     out = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            name = key[5:].replace("_", "-").title()
-            if name.lower() not in drop:
+            name, lower = _header_name(key)
+            if lower not in drop:
                 out.append((name, value))
     content_type = environ.get("CONTENT_TYPE")
     if content_type and "content-type" not in drop:
@@ -46,13 +64,22 @@ def request_headers(environ):
     return out
 
 
-def response_headers(headers):
-    """Member response headers minus hop-by-hop ones; repeated headers kept."""
+def response_headers(headers, content_length=None):
+    """Member response headers minus hop-by-hop ones; repeated headers kept.
+
+    With ``content_length`` the member's Content-Length is replaced by it (the
+    proxy re-frames a body it read whole), in the same single pass.
+    """
     drop = HOP_BY_HOP
     for name, value in headers:
         if name.lower() == "connection":
             drop = drop | _connection_tokens(value)
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    if content_length is not None:
+        drop = drop | {"content-length"}
+    out = [(name, value) for name, value in headers if name.lower() not in drop]
+    if content_length is not None:
+        out.append(("Content-Length", str(content_length)))
+    return out
 
 
 def request_target(environ):

@@ -35,10 +35,11 @@ def cluster():
         yield c
 
 
-@pytest.fixture(scope="session")
-def proxy(cluster, tmp_path_factory):
-    """A readwrite proxy process in front of the session cluster."""
-    p = ProxyProcess(cluster.initial_cluster, data_dir=str(tmp_path_factory.mktemp("proxy")))
+@pytest.fixture(scope="session", params=["geventhttpclient", "requests"])
+def proxy(cluster, tmp_path_factory, request):
+    """A readwrite proxy process in front of the session cluster, once per transport."""
+    p = ProxyProcess(cluster.initial_cluster, args=["--proxy-transport", request.param],
+                     data_dir=str(tmp_path_factory.mktemp("proxy-" + request.param)))
     p.start(endpoints=len(cluster.members))
     yield p
     p.stop()

@@ -1,4 +1,4 @@
-"""ProxyApp through WebTest, forwarding with a real RequestsTransport to FakeMembers.
+"""ProxyApp through WebTest, forwarding with each real transport to FakeMembers.
 
 Behaviour matched: sections 4-6 of the etcd v2 proxy reference (status codes,
 error bodies, readonly, the local config endpoint), plus geproxy's documented
@@ -17,7 +17,7 @@ from webtest import TestApp, TestRequest  # noqa: E402
 
 from geproxy.app import ProxyApp  # noqa: E402
 from geproxy.endpoints import EndpointSet  # noqa: E402
-from geproxy.upstream import RequestsTransport  # noqa: E402
+from geproxy.upstream import TRANSPORTS  # noqa: E402
 from tests.fakeupstream import FakeMember, Reply  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")
@@ -48,13 +48,13 @@ def member():
 class Proxy:
     """A TestApp around ProxyApp plus the endpoint set it uses."""
 
-    def __init__(self, members, readonly, max_body):
+    def __init__(self, members, readonly, max_body, transport):
         urls = [m.url for m in members]
         self.endpoints = EndpointSet(failure_wait=5.0)
         self.endpoints.replace(urls)
         # deterministic order: the order the members were given in
         self.endpoints._endpoints.sort(key=lambda ep: urls.index(ep.url))
-        self.transport = RequestsTransport()
+        self.transport = TRANSPORTS[transport]()
         self.app = ProxyApp(self.endpoints, self.transport, readonly=readonly,
                             max_body=max_body)
         self.client = TestApp(self.app, extra_environ={"REMOTE_ADDR": CLIENT_ADDR})
@@ -66,13 +66,13 @@ class Proxy:
         return [ep.url for ep in self.endpoints.available()]
 
 
-@pytest.fixture
-def proxy():
-    """Factory: proxy(*members, readonly=False, max_body=...) -> Proxy."""
+@pytest.fixture(params=["geventhttpclient", "requests"])
+def proxy(request):
+    """Factory: proxy(*members, readonly=False, max_body=...) -> Proxy; once per transport."""
     made = []
 
     def factory(*members, readonly=False, max_body=4 << 20):
-        made.append(Proxy(members, readonly, max_body))
+        made.append(Proxy(members, readonly, max_body, request.param))
         return made[-1]
 
     yield factory
@@ -274,6 +274,26 @@ def test_raw_target_from_raw_uri_arrives_byte_exact(member, proxy):
     assert fake.requests[0].target == target
 
 
+def test_raw_target_keeps_lowercase_escapes(member, proxy):
+    fake = member()
+    p = proxy(fake)
+    if p.transport.name == "requests":
+        pytest.skip("urllib3 upper-cases percent escapes (%2f -> %2F)")
+    target = "/v2/keys/a%2fb?x=%2a"
+    p.client.get(target, extra_environ={"RAW_URI": target})
+    assert fake.requests[0].target == target
+
+
+def test_member_gets_no_headers_of_the_transports_own(member, proxy):
+    fake = member()
+    p = proxy(fake)
+    if p.transport.name == "requests":
+        pytest.skip("urllib3 adds User-Agent and Accept-Encoding")
+    p.client.get(KEY, headers={"X-Other": "1"})
+    names = sorted(n.lower() for n, _ in fake.requests[0].headers)
+    assert names == ["host", "x-forwarded-for", "x-other"]
+
+
 def test_absolute_form_target_forwarded_in_origin_form(member, proxy):
     fake = member()
     absolute = "http://elsewhere:2379/v2/keys/a%2Fb?x=1"
@@ -340,6 +360,18 @@ def test_post_not_replayed_after_member_drops(member, proxy):
     assert [r.method for r in first.requests] == ["POST"]
     assert second.requests == []
     assert second.connections == 0
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_idempotent_write_sent_once_when_member_drops(member, proxy, method):
+    """No transport-level retry either: a write reaches a member at most once."""
+    first, second = member("drop"), member()
+    p = proxy(first, second)
+    body = "value=1" if method == "PUT" else ""
+    p.client.request(KEY, method=method, body=body.encode(), status=502)
+    assert [r.method for r in first.requests] == [method]
+    assert first.connections == 1
+    assert second.requests == []
 
 
 def test_post_goes_to_next_member_when_first_refuses(member, proxy):

@@ -152,14 +152,14 @@ def test_client_disconnect_frees_member_watcher(cluster, proxy, key, query):
 
 def test_readonly_forwards_get_and_refuses_writes(http, cluster, proxy, readonly_proxy, key):
     http.put(proxy.url + key, data={"value": "kept"})
-    got = http.get(readonly_proxy.url + key)
+    got = http.get(readonly_proxy.url + key, params={"quorum": "true"})  # a follower may lag
     assert got.status_code == 200 and got.json()["node"]["value"] == "kept"
     for method in ("PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"):
         body = {"value": "changed"} if method in ("PUT", "POST", "PATCH") else None
         r = http.request(method, readonly_proxy.url + key, data=body)
         assert (r.status_code, r.content) == (501, b""), method
         assert r.headers["Content-Length"] == "0"
-    direct = http.get(cluster.client_urls[0] + key)
+    direct = http.get(cluster.client_urls[0] + key, params={"quorum": "true"})
     assert direct.json()["node"]["value"] == "kept"
     created = http.get(cluster.client_urls[0] + key + "x")
     assert created.status_code == 404

@@ -1,0 +1,382 @@
+"""GET throughput, latency and proxy CPU per request: ours against the Go proxy.
+
+Starts a local 3-member etcd cluster (or uses --members), writes one key, and
+starts every proxy once: ``etcd --proxy on`` (Go) and ours for each transport
+x workers asked for.  Then in rounds, one config after the other, runs the same
+wrk command (GET of that key) against
+
+* one member directly (the ceiling),
+* the Go proxy,
+* ours, per transport and worker count,
+
+and with -c1 once more for direct, Go and ours (workers 1): the one-connection
+latency.  Per run it reads wrk's req/s, p50 and p99, and the proxy's CPU time
+(utime+stime of its whole process tree from /proc, so gunicorn workers count)
+divided by the requests wrk made.  The table shows medians over rounds and
+each config's ratio to the Go proxy measured in the same run.
+
+    .venv/bin/python bench/throughput.py
+    .venv/bin/python bench/throughput.py --rounds 5 --transports requests --workers 1
+    .venv/bin/python bench/throughput.py --rounds 0 --profile      # py-spy only
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import log, median  # noqa: E402
+
+TARGET_RPS_RATIO = 0.8  # ours --workers 2 vs Go at 50 connections (stretch 1.0)
+TARGET_CPU_US = 70.0  # proxy CPU per GET, on the box where Go measured ~51 µs:
+GO_CPU_US = 51.0  # judged as a ratio to Go measured in the same run
+TARGET_CPU_RATIO = TARGET_CPU_US / GO_CPU_US
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        raise ValueError("unknown latency %r" % text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out):
+    """req/s, total requests, p50/p99 (ms), non-2xx and socket errors from wrk's output."""
+    res = {"rps": None, "requests": None, "p50": None, "p99": None, "non2xx": 0,
+           "socket_errors": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        res["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+\w+)", out)
+    if m:
+        res["requests"] = int(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(r"^\s+%s(?:\.000)?%%\s+(\S+)" % pct, out, re.M)
+        if m:
+            res[key] = _ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        res["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        res["socket_errors"] = sum(int(g) for g in m.groups())
+    return res
+
+
+class Config:
+    """One row: a target URL, whose CPU to count, and the wrk connection count."""
+
+    def __init__(self, name, kind, url, pid, connections, transport=None, workers=None):
+        self.name, self.kind, self.url, self.pid = name, kind, url, pid
+        self.connections, self.transport, self.workers = connections, transport, workers
+        self.runs = []
+
+    def summary(self):
+        def med(key):
+            return median([r[key] for r in self.runs])
+        cpu = [r["cpu_us"] for r in self.runs if r.get("cpu_us") is not None]
+        rps = [r["rps"] for r in self.runs if r["rps"] is not None]
+        return {"rps": med("rps"), "rps_min": min(rps) if rps else None,
+                "rps_max": max(rps) if rps else None, "p50": med("p50"), "p99": med("p99"),
+                "cpu_us": median(cpu) if cpu else None, "other": med("other_cores"),
+                "errors": sum(r["non2xx"] + r["socket_errors"] for r in self.runs)}
+
+
+def run_wrk(args, url, connections, duration, path):
+    cmd = [args.wrk, "-t%d" % min(args.threads, connections), "-c%d" % connections,
+           "-d%ds" % duration, "--latency", "--timeout", "5s", url + path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    if proc.returncode != 0:
+        raise RuntimeError("wrk failed (%d): %s" % (proc.returncode, proc.stderr.strip()))
+    return parse_wrk(proc.stdout)
+
+
+def measure(args, cfg, path, duration=None):
+    duration = duration or args.duration
+    before = common.cpu_seconds(cfg.pid) if cfg.pid else None
+    foreign = common.ForeignLoad()
+    res = run_wrk(args, cfg.url, cfg.connections, duration, path)
+    if before is not None and res["requests"]:
+        res["cpu_us"] = (common.cpu_seconds(cfg.pid) - before) * 1e6 / res["requests"]
+    res["other_cores"] = foreign.cores()
+    return res
+
+
+# --- setup --------------------------------------------------------------------------
+
+
+def start_all(args, target, procs):
+    """Start the Go proxy and every one of ours (appended to procs as they start,
+    so the caller stops them even if a later one fails); returns the configs."""
+    n = len(target.members)
+    direct = target.members[0]
+    configs_c50, configs_c1 = [], []
+    configs_c50.append(Config("direct (one member)", "direct", direct.client_url, None,
+                              args.connections))
+    configs_c1.append(Config("direct (one member)", "direct", direct.client_url, None, 1))
+    go = common.GoProxy(target.initial_cluster, etcd_bin=args.etcd_bin)
+    procs.append(go)
+    go.start(endpoints=n)
+    log("go proxy pid %d on %s" % (go.pid, go.url))
+    configs_c50.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, args.connections))
+    configs_c1.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, 1))
+    for transport, workers in common.pick_matrix(args.transports, args.workers):
+        proxy = common.start_ours(target.initial_cluster,
+                                  common.proxy_args(transport, workers), n)
+        procs.append(proxy)
+        log("ours %s w%d pid %d on %s" % (transport, workers, proxy.pid, proxy.url))
+        name = "ours %s w%d" % (transport, workers)
+        configs_c50.append(Config(name, "ours", proxy.url, proxy.pid, args.connections,
+                                  transport, workers))
+        if workers == 1:
+            configs_c1.append(Config(name, "ours", proxy.url, proxy.pid, 1, transport, workers))
+    return configs_c50 + (configs_c1 if not args.no_c1 and args.connections != 1 else [])
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def _fmt(x, spec):
+    return "" if x is None else spec % x
+
+
+def _ratio(a, b):
+    return "" if not a or not b else "%.2f" % (a / b)
+
+
+def report(configs):
+    go = {c.connections: c.summary() for c in configs if c.kind == "go"}
+    headers = ["config", "conns", "req/s (median)", "min-max", "p50 ms", "p99 ms",
+               "CPU µs/req", "req/s vs Go", "CPU vs Go", "p50 vs Go", "errors", "other load"]
+    rows = []
+    for c in configs:
+        s, g = c.summary(), go.get(c.connections, {})
+        rows.append([c.name, c.connections, _fmt(s["rps"], "%.0f"),
+                     "%s-%s" % (_fmt(s["rps_min"], "%.0f"), _fmt(s["rps_max"], "%.0f")),
+                     _fmt(s["p50"], "%.2f"), _fmt(s["p99"], "%.2f"),
+                     _fmt(s["cpu_us"], "%.0f") if c.kind != "direct" else "-",
+                     _ratio(s["rps"], g.get("rps")),
+                     _ratio(s["cpu_us"], g.get("cpu_us")) if c.kind != "direct" else "",
+                     _ratio(s["p50"], g.get("p50")), s["errors"], _fmt(s["other"], "%.2f")])
+    return common.table(headers, rows)
+
+
+def verdicts(configs, connections):
+    go = {c.connections: c.summary() for c in configs if c.kind == "go"}
+    lines = []
+    for c in configs:
+        if c.kind != "ours":
+            continue
+        s, g = c.summary(), go.get(c.connections, {})
+        if c.connections == connections and c.workers and c.workers >= 2 and s["rps"] \
+                and g.get("rps"):
+            r = s["rps"] / g["rps"]
+            lines.append("%-6s req/s at %d conns, %s: %.2fx Go (target >= %.1fx, stretch 1.0x)"
+                         % ("ok" if r >= TARGET_RPS_RATIO else "MISS", connections, c.name, r,
+                            TARGET_RPS_RATIO))
+        if c.connections == connections and s["cpu_us"] is not None and g.get("cpu_us"):
+            r = s["cpu_us"] / g["cpu_us"]
+            lines.append("%-6s CPU per GET, %s: %.0f µs = %.2fx Go's %.0f µs here "
+                         "(target <= %.0f µs with Go at ~%.0f, i.e. <= %.2fx Go)"
+                         % ("ok" if r <= TARGET_CPU_RATIO else "MISS", c.name, s["cpu_us"], r,
+                            g["cpu_us"], TARGET_CPU_US, GO_CPU_US, TARGET_CPU_RATIO))
+        if c.connections == 1 and s["p50"] and g.get("p50"):
+            lines.append("%-6s one-connection p50, %s: %.3f ms vs Go %.3f ms"
+                         % ("ok" if s["p50"] <= g["p50"] else "MISS", c.name, s["p50"],
+                            g["p50"]))
+    return "\n".join(lines)
+
+
+# --- profiling ----------------------------------------------------------------------
+
+
+def _frame_key(frame):
+    """'func (/long/path/file.py:123)' -> 'func (pkg/file.py)': lines merged, paths short."""
+    m = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
+    if not m:
+        return frame
+    func, path = m.groups()
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif re.search(r"/lib/python3\.\d+/", path):
+        path = "stdlib/" + re.split(r"/lib/python3\.\d+/", path, 1)[1]
+    elif path.startswith(common.ROOT + "/"):
+        path = path[len(common.ROOT) + 1:]
+    return "%s (%s)" % (func, path)
+
+
+def analyse_raw(path, top=25):
+    """Top functions by self and by inclusive samples from py-spy's raw (collapsed) output."""
+    self_c, incl_c, files = Counter(), Counter(), Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            stack, _, count = line.rpartition(" ")
+            count = int(count)
+            frames = [fr for fr in stack.split(";")
+                      if not fr.startswith(("process ", "thread "))]
+            if not frames:
+                continue
+            total += count
+            keys = [_frame_key(fr) for fr in frames]
+            self_c[keys[-1]] += count
+            files[keys[-1].rsplit("(", 1)[1].rstrip(")")] += count
+            for k in set(keys):
+                incl_c[k] += count
+    out = ["py-spy samples: %d (non-idle)" % total, "", "Top functions by self time:"]
+    out += ["  %5.1f %%  %s" % (100.0 * c / total, k) for k, c in self_c.most_common(top)]
+    out += ["", "Self time by file:"]
+    out += ["  %5.1f %%  %s" % (100.0 * c / total, k) for k, c in files.most_common(top)]
+    out += ["", "Inclusive time, geproxy and request-path functions:"]
+    wanted = ("geproxy/", "pywsgi.py", "geventhttpclient", "requests/", "urllib3/",
+              "feedparser", "http/client", "client.py", "response.py")
+    incl = [(k, c) for k, c in incl_c.most_common() if any(w in k for w in wanted)]
+    out += ["  %5.1f %%  %s" % (100.0 * c / total, k) for k, c in incl[:top * 2]]
+    return "\n".join(out)
+
+
+def profile(args, configs, path):
+    pyspy = args.py_spy or shutil.which("py-spy") or os.path.join(
+        os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(pyspy):
+        log("profile: py-spy not found (pip install py-spy into the venv); skipped")
+        return None
+    cands = [c for c in configs if c.kind == "ours" and c.connections == args.connections
+             and (args.profile == "auto" or c.name == args.profile)]
+    if not cands:
+        log("profile: no config named %r; have: %s" % (
+            args.profile, ", ".join(c.name for c in configs if c.kind == "ours")))
+        return None
+    cfg = cands[0]
+    os.makedirs(common.OUT_DIR, exist_ok=True)
+    svg = os.path.join(common.OUT_DIR, "profile.svg")
+    raw = os.path.join(common.OUT_DIR, "profile.txt")
+    d = args.profile_duration
+    log("profile: %s (pid %d): wrk -c%d for %ds, py-spy record %ds svg then %ds raw"
+        % (cfg.name, cfg.pid, cfg.connections, 2 * d + 3, d, d))
+    cmd = [args.wrk, "-t%d" % args.threads, "-c%d" % cfg.connections, "-d%ds" % (2 * d + 3),
+           "--latency", cfg.url + path]
+    wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        for fmt, out in (("flamegraph", svg), ("raw", raw)):
+            subprocess.run([pyspy, "record", "--pid", str(cfg.pid), "--duration", str(d),
+                            "--rate", "200", "--nonblocking", "--subprocesses",
+                            "--format", fmt, "--output", out],
+                           capture_output=True, timeout=d + 60, check=True)
+        wrk_out, _ = wrk.communicate(timeout=2 * d + 40)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait(timeout=10)
+    text = analyse_raw(raw)
+    res = parse_wrk(wrk_out)
+    text = ("Profiled %s under wrk -c%d (%s req/s while sampled)\n\n%s"
+            % (cfg.name, cfg.connections, _fmt(res["rps"], "%.0f"), text))
+    with open(os.path.join(common.OUT_DIR, "profile-top.txt"), "w") as f:
+        f.write(text + "\n")
+    log("profile: %s, %s, bench/out/profile-top.txt" % (os.path.relpath(svg),
+                                                        os.path.relpath(raw)))
+    return text
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all configs (default 3)")
+    ap.add_argument("--threads", "-t", type=int, default=1, help="wrk -t (default 1)")
+    ap.add_argument("--connections", "-c", type=int, default=50, help="wrk -c (default 50)")
+    ap.add_argument("--duration", "-d", type=int, default=5,
+                    help="wrk -d in seconds (default 5)")
+    ap.add_argument("--transports", default="geventhttpclient,requests",
+                    help="our --proxy-transport values (default geventhttpclient,requests; "
+                    "ones this checkout lacks are skipped)")
+    ap.add_argument("--workers", default="1,2", help="our --workers values (default 1,2)")
+    ap.add_argument("--no-c1", action="store_true", help="skip the one-connection rows")
+    ap.add_argument("--members", help="client URLs of existing members, comma-separated "
+                    "(default: start a local 3-member etcd cluster); the first is 'direct'")
+    ap.add_argument("--initial-cluster", help="name=peerURL,... for the proxies "
+                    "(with --members)")
+    ap.add_argument("--key", default=common.BENCH_KEY, help="key to GET (written first)")
+    ap.add_argument("--profile", nargs="?", const="auto", default=None, metavar="CONFIG",
+                    help="after the rounds, run py-spy on one of ours under wrk "
+                    "(default: the first of ours) -> bench/out/profile.svg, profile.txt")
+    ap.add_argument("--profile-duration", type=int, default=10)
+    ap.add_argument("--py-spy", default=None, help="py-spy binary (default: on PATH or venv)")
+    ap.add_argument("--wrk", default="wrk")
+    ap.add_argument("--etcd-bin", default="etcd")
+    ap.add_argument("--json", default=os.path.join(common.OUT_DIR, "throughput.json"))
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    common.stop_on_sigterm()
+    if not shutil.which(args.wrk):
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    target = common.Target(args.members, args.initial_cluster)
+    procs, configs, prof = [], [], None
+    path = "/v2/keys/" + args.key
+    try:
+        target.start()
+        target.put(args.key, "throughput")
+        configs = start_all(args, target, procs)
+        for cfg in configs:  # fill the proxies' upstream pools; not counted
+            run_wrk(args, cfg.url, cfg.connections, 1, path)
+        total = args.rounds * len(configs) * args.duration
+        log("%d configs x %d rounds x %ds = about %ds of wrk"
+            % (len(configs), args.rounds, args.duration, total))
+        for rnd in range(args.rounds):
+            for i, cfg in enumerate(configs):
+                res = measure(args, cfg, path)
+                cfg.runs.append(res)
+                log("[round %d/%d %2d/%d] %-28s c%-3d %7s req/s  p50 %6s ms  p99 %6s ms  "
+                    "CPU %4s µs/req  other load %.2f%s"
+                    % (rnd + 1, args.rounds, i + 1, len(configs), cfg.name, cfg.connections,
+                       _fmt(res["rps"], "%.0f"), _fmt(res["p50"], "%.2f"),
+                       _fmt(res["p99"], "%.2f"), _fmt(res.get("cpu_us"), "%.0f") or "-",
+                       res["other_cores"],
+                       "  errors %d" % (res["non2xx"] + res["socket_errors"])
+                       if res["non2xx"] + res["socket_errors"] else ""))
+        if args.profile:
+            prof = profile(args, configs, path)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        target.close()
+    if args.rounds:
+        print("wrk -t%d -c%d -d%ds --latency, GET %s; medians over %d rounds"
+              % (args.threads, args.connections, args.duration, path, args.rounds))
+        print(report(configs))
+        print()
+        print(verdicts(configs, args.connections))
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"wrk": {"threads": args.threads, "connections": args.connections,
+                               "duration": args.duration}, "rounds": args.rounds,
+                       "configs": [dict(name=c.name, kind=c.kind, connections=c.connections,
+                                        summary=c.summary(), runs=c.runs) for c in configs]},
+                      f, indent=1)
+    if prof:
+        print()
+        print(prof)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""geproxy.workers: ``--workers N``, gunicorn's arbiter with N pywsgi worker processes.
+
+One process uses one core; N processes share the listening sockets, which the
+arbiter (the parent) binds before forking, and the kernel spreads new
+connections over them.  gunicorn is embedded as a library (``BaseApplication``)
+rather than a hand-written pre-fork because it already does the parts that
+are easy to get wrong: reaping and respawning workers, a heartbeat that
+replaces a hung worker, TERM = graceful / INT = quick shutdown, HUP to
+restart workers, TTIN/TTOU to change their number.  It measured the same as a
+hand-written pre-fork (notes 3.1: 32.6k vs 32.7k req/s with 2 workers), so
+it costs nothing.  Its config files and GUNICORN_CMD_ARGS are not read: the
+settings come from our flags and environment only.
+
+This module is imported only by ``cli.main``, after ``monkey.patch_all()``:
+gunicorn imports ssl, and patching after that import warns and can misbehave
+(gevent#1016, gunicorn#2796).  The worker's own ``patch_all()`` after the
+fork then finds everything patched and is silent.
+
+Each worker builds its own app after the fork (member list, refresh greenlet,
+upstream pools: no greenlet or socket crosses a fork) and serves with the
+same handler and server behaviour as a single process (see ``server``).
+Differences: each worker has its own member list and failure marks, and
+``--proxy-max-connections`` counts per worker and listener.
+"""
+
+import logging
+import os
+import random
+import sys
+import time
+
+import gevent
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+
+from geproxy import settings as settings_mod
+from geproxy.server import (Gate, ProxyHandler, _ErrorLog, _WSGIServer, listen_address,
+                            raise_open_files_limit)
+
+log = logging.getLogger("geproxy.workers")
+
+GRACEFUL_TIMEOUT = 10  # seconds a stopping worker lets requests (watches) finish
+WORKER_CONNECTIONS = 1 << 20  # gunicorn's pool per listener; the Gate caps below it
+START_JITTER = 1.0  # seconds: workers read the member list at different times
+READY_WAIT = 2.0  # seconds a new worker waits for its first member list before serving
+
+
+class WorkerHandler(ProxyHandler, PyWSGIHandler):
+    """Our handler (NODELAY, RAW_URI, client socket and Binding in the environ,
+    framing checks, idle timeout) with gunicorn's ``gunicorn.sock`` added.
+
+    While the worker drains, a connection waiting for its next request is
+    closed instead of holding the shutdown for the graceful timeout.
+    """
+
+    def read_requestline(self):
+        server = self.server
+        if server.draining:
+            return ""  # pywsgi closes the connection on an empty request line
+        current = gevent.getcurrent()
+        server.idle.add(current)
+        try:
+            return super().read_requestline()
+        finally:
+            server.idle.discard(current)
+
+    def log_request(self):
+        """No access log, as in a single process (gunicorn's would format one per request)."""
+
+
+class WorkerServer(_WSGIServer):
+    """Our server (connection cap, shedding when out of files, idle timeout) plus drain()."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle = set()  # greenlets of connections waiting for a next request
+        self.draining = False
+
+    def drain(self):
+        """Stop accepting and close the idle keep-alive connections; requests in flight go on."""
+        self.draining = True
+        self.close()
+        for greenlet in list(self.idle):
+            greenlet.kill(block=False)
+
+
+class ProxyWorker(GeventPyWSGIWorker):
+    """gunicorn's gevent pywsgi worker, serving through WorkerServer and WorkerHandler."""
+
+    wsgi_handler = WorkerHandler
+
+    def server_class(self, listener, application, spawn, handler_class, environ, log=None,
+                     **ssl_args):
+        """Called by gunicorn's run() once per listener; its ``log`` (access log) is dropped."""
+        settings = self.app.settings
+        server = WorkerServer(
+            listener, application, spawn=spawn, handler_class=handler_class,
+            environ=environ, log=None, error_log=_ErrorLog(),
+            gate=Gate(spawn, settings.proxy_max_connections),
+            idle_timeout=settings.proxy_client_idle_timeout / 1000.0, **ssl_args)
+        self.servers.append(server)
+        return server
+
+    def init_process(self):
+        self.servers = []
+        super().init_process()
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM from the arbiter: gunicorn's graceful stop, idle connections closed now."""
+        super().handle_exit(sig, frame)
+        for server in self.servers:
+            server.drain()
+
+
+class GunicornLog(glogging.Logger):
+    """gunicorn's messages through our logging setup (same format, stdout); no access log."""
+
+    def setup(self, cfg):
+        self.cfg = cfg
+        self.error_log.propagate = True
+        self.error_log.setLevel(logging.NOTSET)  # the root logger's level decides
+        self.access_log.disabled = True
+
+
+def _bind(url):
+    host, port = listen_address(url)
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def _fatal(exc):
+    """A fatal error in a worker (bad cluster file, failed discovery): stop everything.
+
+    Runs in the membership greenlet; gevent hands SystemExit to the worker's
+    main greenlet, and this exit status makes the arbiter halt instead of
+    respawning the worker.
+    """
+    log.error("%s", exc)
+    sys.stderr.write("%s: %s\n" % (settings_mod.PROG, exc))
+    sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def load_worker_app(settings):
+    """The WSGI app of one worker, built after the fork.
+
+    The member-list reads start after a random delay so that N workers do not
+    refresh in lockstep; the worker then waits (bounded) for its first member
+    list before it accepts connections, so that no client meets a worker that
+    still answers 503 while its siblings serve.  Until then the kernel queues
+    new connections for the other workers.
+    """
+    from geproxy.cli import build_app
+
+    app, membership, _transport = build_app(settings, on_fatal=_fatal)
+    gevent.sleep(random.uniform(0, START_JITTER))
+    membership.start()
+    deadline = time.monotonic() + READY_WAIT
+    while membership.last_refresh is None and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    return app
+
+
+class ProxyApplication(BaseApplication):
+    """gunicorn configured from our settings only (no config file, no GUNICORN_CMD_ARGS)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        super().__init__(prog=settings_mod.PROG)
+
+    def load_config(self):
+        options = {
+            "bind": [_bind(url) for url in self.settings.listen_client_urls],
+            "workers": self.settings.workers,
+            "worker_class": ProxyWorker,
+            "worker_connections": WORKER_CONNECTIONS,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "accesslog": None,
+            "logger_class": GunicornLog,
+            "proc_name": settings_mod.PROG,
+            "control_socket_disable": True,  # else a shared gunicorn.ctl in $HOME
+        }
+        for name, value in options.items():
+            self.cfg.set(name, value)
+
+    def load(self):
+        return load_worker_app(self.settings)
+
+
+def serve_workers(settings):
+    """Run the arbiter until SIGTERM (graceful) or SIGINT (quick); 0, or 1 on a fatal error."""
+    log.info("starting proxy in '%s' mode with %d worker processes (this proxy supports "
+             "the v2 API only)", settings.proxy, settings.workers)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    for handler in logging.getLogger().handlers:  # several processes share stdout
+        handler.setFormatter(fmt)
+    raise_open_files_limit()  # inherited by the workers
+    arbiter_pid = os.getpid()
+    try:
+        ProxyApplication(settings).run()
+    except SystemExit as exc:
+        if os.getpid() != arbiter_pid:  # a worker leaving gunicorn's fork: let it exit
+            raise
+        if exc.code:
+            return 1
+    except HaltServer:  # gunicorn raises it again if a second worker fails while halting
+        return 1
+    log.info("stopped")
+    return 0
