@@ -125,7 +125,7 @@ class Target:
                 raise SystemExit("--members needs --initial-cluster (for the proxies)")
             urls = [u.strip().rstrip("/") for u in members_opt.split(",") if u.strip()]
             for u in urls:
-                localcluster._loopback_url(u)
+                localcluster.loopback_url(u)
             self.members = [Member("m%d" % i, u, None, None, None) for i, u in enumerate(urls)]
             self.initial_cluster = initial_cluster
         else:
@@ -150,7 +150,7 @@ class Target:
         return [urllib.parse.urlsplit(m.client_url).port for m in self.members]
 
     def put(self, key, value):
-        status, body = localcluster._v2_put(self.members[0].client_url, key, value, timeout=5.0)
+        status, body = localcluster.v2_put(self.members[0].client_url, key, value, timeout=5.0)
         if status not in (200, 201):
             raise RuntimeError("PUT %s: %s %r" % (key, status, body[:200]))
 
@@ -168,13 +168,13 @@ class Target:
 
 
 def _get_json(url, timeout=1.0):
-    status, body = localcluster._http("GET", url, timeout=timeout)
+    status, body = localcluster.http("GET", url, timeout=timeout)
     if status != 200:
         raise RuntimeError("%s: %s" % (url, status))
     return json.loads(body)
 
 
-class GoProxy:
+class GoProxy(localcluster.OwnedProcess):
     """``etcd --proxy on`` as a child process, with the ProxyProcess interface."""
 
     def __init__(self, initial_cluster, etcd_bin="etcd", args=()):
@@ -182,18 +182,10 @@ class GoProxy:
         self.etcd_bin = etcd_bin
         self.args = list(args)
         self.url = "http://127.0.0.1:%d" % free_port()
-        self._tmp = localcluster._default_base_dir()
+        self._tmp = localcluster.default_base_dir()
         self.data_dir = os.path.join(self._tmp, "go-proxy-data")
         self.log_path = os.path.join(self._tmp, "go-proxy.log")
         self.proc = None
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
 
     def command(self):
         return [self.etcd_bin, "--proxy", "on", "--listen-client-urls", self.url,
@@ -201,8 +193,8 @@ class GoProxy:
                 *self.args]
 
     def start(self, endpoints=1, timeout=30.0):
-        self.proc = localcluster._spawn(self.command(), self.log_path,
-                                        env=localcluster._etcd_env())
+        self.proc = localcluster.spawn(self.command(), self.log_path,
+                                        env=localcluster.etcd_env())
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -216,7 +208,7 @@ class GoProxy:
             except (OSError, ValueError, RuntimeError) as exc:
                 last = exc
             time.sleep(0.05)
-        tail = localcluster._tail(self.log_path)
+        tail = localcluster.tail(self.log_path)
         self.stop()
         raise RuntimeError("Go proxy did not come up (last: %r)\n%s" % (last, tail))
 
@@ -227,7 +219,7 @@ class GoProxy:
             except ProcessLookupError:
                 pass
         if self.proc is not None:
-            localcluster._wait_proc(self.proc, timeout)
+            localcluster.wait_proc(self.proc, timeout)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -64,22 +64,13 @@ def request_headers(environ):
     return out
 
 
-def response_headers(headers, content_length=None):
-    """Member response headers minus hop-by-hop ones; repeated headers kept.
-
-    With ``content_length`` the member's Content-Length is replaced by it (the
-    proxy re-frames a body it read whole), in the same single pass.
-    """
+def response_headers(headers):
+    """Member response headers minus hop-by-hop ones; repeated headers kept."""
     drop = HOP_BY_HOP
     for name, value in headers:
         if name.lower() == "connection":
             drop = drop | _connection_tokens(value)
-    if content_length is not None:
-        drop = drop | {"content-length"}
-    out = [(name, value) for name, value in headers if name.lower() not in drop]
-    if content_length is not None:
-        out.append(("Content-Length", str(content_length)))
-    return out
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 def request_target(environ):

@@ -49,7 +49,7 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def _http(method, url, data=None, headers=None, timeout=2.0):
+def http(method, url, data=None, headers=None, timeout=2.0):
     """Do one HTTP request; return (status, body bytes). HTTP errors are
     returned, not raised, because etcd uses 4xx/5xx bodies meaningfully."""
     req = urllib.request.Request(url, data=data, method=method,
@@ -68,21 +68,21 @@ def _http_json(method, url, payload=None, timeout=2.0):
     if payload is not None:
         data = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
-    status, body = _http(method, url, data, headers, timeout)
+    status, body = http(method, url, data, headers, timeout)
     try:
         return status, json.loads(body) if body else None
     except ValueError:
         return status, body
 
 
-def _v2_put(client_url, key, value, timeout=2.0):
+def v2_put(client_url, key, value, timeout=2.0):
     data = urllib.parse.urlencode({"value": value}).encode()
-    return _http("PUT", f"{client_url}/v2/keys/{key.lstrip('/')}", data,
+    return http("PUT", f"{client_url}/v2/keys/{key.lstrip('/')}", data,
                  {"Content-Type": "application/x-www-form-urlencoded"},
                  timeout)
 
 
-def _loopback_url(url):
+def loopback_url(url):
     """Refuse anything that would make etcd listen beyond loopback."""
     host = urllib.parse.urlsplit(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1") and \
@@ -145,7 +145,7 @@ def _child_setup_factory():
     return setup
 
 
-def _spawn(cmd, log_path, env=None):
+def spawn(cmd, log_path, env=None):
     """Start a child in its own session (so a terminal Ctrl-C reaches only
     us, and we decide how to stop it) with output appended to log_path.
     Never a PIPE: nobody would read it and the child would block."""
@@ -156,7 +156,7 @@ def _spawn(cmd, log_path, env=None):
             preexec_fn=_child_setup_factory())
 
 
-def _wait_proc(proc, timeout):
+def wait_proc(proc, timeout):
     """Wait for proc; SIGKILL it if it outlives timeout. Always reaps."""
     try:
         proc.wait(timeout=timeout)
@@ -168,7 +168,7 @@ def _wait_proc(proc, timeout):
         proc.wait(timeout=10)
 
 
-def _tail(path, lines=25):
+def tail(path, lines=25):
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -179,7 +179,7 @@ def _tail(path, lines=25):
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _etcd_env():
+def etcd_env():
     """The environment without ETCD_*/ETCDCTL_* variables: etcd reads
     ETCD_* as flags, and a stray one from the developer's shell would
     silently change the cluster we think we are starting."""
@@ -187,7 +187,22 @@ def _etcd_env():
             if not k.startswith(("ETCD_", "ETCDCTL_"))}
 
 
-class Member:
+class OwnedProcess:
+    """A process this module started (``proc``), known and signalled only by pid."""
+
+    proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def alive(self):
+        """True while the process exists (even when paused)."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Member(OwnedProcess):
     """One etcd process of a LocalCluster."""
 
     def __init__(self, name, client_url, peer_url, data_dir, log_path,
@@ -208,18 +223,9 @@ class Member:
         return (f"<Member {self.name} client={self.client_url} "
                 f"peer={self.peer_url} pid={self.pid} alive={self.alive}>")
 
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def alive(self):
-        """True while the process exists (even when paused)."""
-        return self.proc is not None and self.proc.poll() is None
-
     def metrics(self, timeout=5.0):
         """GET /metrics and return {metric-with-labels: value}."""
-        status, body = _http("GET", f"{self.client_url}/metrics",
+        status, body = http("GET", f"{self.client_url}/metrics",
                              timeout=timeout)
         if status != 200:
             raise RuntimeError(f"{self.name}: /metrics returned {status}")
@@ -231,10 +237,10 @@ class Member:
         return self.metrics().get(name, default)
 
     def tail(self, lines=25):
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
 
-def _default_base_dir():
+def default_base_dir():
     """Prefer tmpfs: etcd fsyncs its WAL on every write, which on a real
     disk makes cluster start and every test write much slower."""
     shm = "/dev/shm"
@@ -254,7 +260,7 @@ class LocalCluster:
 
     def __init__(self, size=3, host="127.0.0.1", base_dir=None,
                  etcd_bin="etcd", token=None):
-        _loopback_url(f"http://{host}")
+        loopback_url(f"http://{host}")
         self.size = size
         self.host = host
         self.etcd_bin = etcd_bin
@@ -262,7 +268,7 @@ class LocalCluster:
         # from ever accepting each other's peer traffic.
         self.token = token or f"geproxy-{os.getpid()}-{secrets.token_hex(4)}"
         self._owns_base_dir = base_dir is None
-        self.base_dir = base_dir or _default_base_dir()
+        self.base_dir = base_dir or default_base_dir()
         os.makedirs(self.base_dir, exist_ok=True)
         self.members = []
         self._all_members = []  # every Member ever created, for close()
@@ -347,7 +353,7 @@ class LocalCluster:
             raise RuntimeError("cluster is closed")
         # etcd's zap logger and our stdout/stderr redirection both append to
         # the same file (O_APPEND), so one log holds early panics too.
-        m.proc = _spawn(self._command(m), m.log_path, env=_etcd_env())
+        m.proc = spawn(self._command(m), m.log_path, env=etcd_env())
         m.paused = False
 
     def _logs(self, members=None):
@@ -428,7 +434,7 @@ class LocalCluster:
                             body.get("health") != "true":
                         last[m.name] = f"/health: {status} {body!r}"
                         continue
-                    status, body = _v2_put(m.client_url, self.READY_KEY,
+                    status, body = v2_put(m.client_url, self.READY_KEY,
                                            m.name, timeout=t)
                     if status not in (200, 201):
                         last[m.name] = f"v2 PUT: {status} {body[:200]!r}"
@@ -455,7 +461,7 @@ class LocalCluster:
         os.kill(m.pid, sig)
         if m.paused and sig != signal.SIGKILL:
             os.kill(m.pid, signal.SIGCONT)  # a stopped process can't exit
-        _wait_proc(m.proc, timeout=10.0)
+        wait_proc(m.proc, timeout=10.0)
         m.paused = False
 
     def pause(self, i):
@@ -495,7 +501,7 @@ class LocalCluster:
         m = self.members[i]
         self.kill(i)
         if advertise_client_url is not None:
-            m.client_url = _loopback_url(advertise_client_url.rstrip("/"))
+            m.client_url = loopback_url(advertise_client_url.rstrip("/"))
         m.advertised_url = advertise_only_url
         self._spawn_member(m)
         if wait:
@@ -574,7 +580,7 @@ class LocalCluster:
         ids = [x["id"] for x in body["members"] if m.peer_url in x["peerURLs"]]
         if not ids:
             raise RuntimeError(f"{m.name} ({m.peer_url}) is not a member")
-        status, body = _http("DELETE", f"{base}/v2/members/{ids[0]}",
+        status, body = http("DELETE", f"{base}/v2/members/{ids[0]}",
                              timeout=10.0)
         if status != 204:
             raise RuntimeError(f"DELETE /v2/members/{ids[0]} failed: "
@@ -592,7 +598,7 @@ class LocalCluster:
                 os.kill(m.proc.pid, sig)
             except ProcessLookupError:
                 pass
-        _wait_proc(m.proc, timeout=10.0)
+        wait_proc(m.proc, timeout=10.0)
         m.paused = False
 
     def close(self):
@@ -622,7 +628,7 @@ class LocalCluster:
 
 # -- the proxy as a child process ------------------------------------------------
 
-class ProxyProcess:
+class ProxyProcess(OwnedProcess):
     """One ``python -m geproxy`` process, as tests and ``make run`` use it.
 
     Testing the real entry point as a subprocess (rather than in-process)
@@ -636,11 +642,11 @@ class ProxyProcess:
         self.args = list(args)
         self.env = dict(env or {})
         self._own_listen = listen_url is None
-        self.url = _loopback_url((listen_url or
+        self.url = loopback_url((listen_url or
                                   f"http://127.0.0.1:{free_port()}").rstrip("/"))
         self._tmp = None
         if data_dir is None:
-            self._tmp = _default_base_dir()
+            self._tmp = default_base_dir()
             data_dir = os.path.join(self._tmp, "proxy-data")
         self.data_dir = data_dir
         if log_path is None and not inherit_output:
@@ -656,14 +662,6 @@ class ProxyProcess:
     def __repr__(self):
         return f"<ProxyProcess {self.url} pid={self.pid} alive={self.alive}>"
 
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def command(self):
         # Caller's args last, so they can override ours.  initial_cluster
         # None leaves --initial-cluster out: with --discovery or
@@ -678,7 +676,7 @@ class ProxyProcess:
         # The proxy, like etcd, reads ETCD_* variables as flags: drop the
         # ones inherited from the developer's shell and apply only the
         # caller's. PYTHONPATH makes the child import this very package.
-        env = _etcd_env()
+        env = etcd_env()
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (pkg_root, env.get("PYTHONPATH")) if p)
@@ -700,7 +698,7 @@ class ProxyProcess:
             else:
                 os.makedirs(os.path.dirname(os.path.abspath(self.log_path)),
                             exist_ok=True)
-                self.proc = _spawn(self.command(), self.log_path,
+                self.proc = spawn(self.command(), self.log_path,
                                    env=self._environ())
             atexit.register(self.stop)
             try:
@@ -751,7 +749,7 @@ class ProxyProcess:
     def tail(self, lines=25):
         if self.log_path is None:  # output went to the terminal
             return ""
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
     def _kill(self):
         if self.alive:
@@ -761,7 +759,7 @@ class ProxyProcess:
                 except ProcessLookupError:
                     pass
         if self.proc is not None:
-            _wait_proc(self.proc, timeout=10.0)
+            wait_proc(self.proc, timeout=10.0)
 
     def stop(self, timeout=5.0):
         """SIGTERM by pid (the proxy shuts down cleanly), SIGKILL after
@@ -774,7 +772,7 @@ class ProxyProcess:
                 os.kill(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            _wait_proc(self.proc, timeout=timeout)
+            wait_proc(self.proc, timeout=timeout)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -810,7 +808,7 @@ def main(argv=None):
     args, extra = ap.parse_known_args(argv)
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    proxy_url = _loopback_url(args.proxy_listen.rstrip("/"))
+    proxy_url = loopback_url(args.proxy_listen.rstrip("/"))
 
     # Turn SIGTERM into the same orderly shutdown as Ctrl-C.
     old = {s: signal.signal(s, _raise_stop)

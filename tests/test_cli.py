@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from geproxy import __version__
+from tests.test_settings import BAD_INPUTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = [sys.executable, "-m", "geproxy"]
@@ -77,17 +78,7 @@ def stop(proc):
     return proc.returncode, out, err
 
 
-BAD = [
-    (["--proxy", "bogus"], {}, "--proxy"),
-    (["--proxy", "off"], {}, "only runs as a proxy"),
-    (["--proxy-failure-wait", "1.5"], {}, "--proxy-failure-wait"),
-    (["--initial-cluster", "nonsense"], {}, "--initial-cluster"),
-    (["--listen-client-urls", "http://127.0.0.1:2379/v2"], {}, "--listen-client-urls"),
-    (["--listen-client-urls", "http://127.0.0.1"], {}, "--listen-client-urls"),
-    ([], {"ETCD_PROXY_FAILURE_WAIT": "soon"}, "ETCD_PROXY_FAILURE_WAIT"),
-    ([], {"ETCD_PROXY": "bogus"}, "ETCD_PROXY"),
-    (["--bogus-flag"], {}, "--bogus-flag"),
-]
+BAD = BAD_INPUTS + [(["--bogus-flag"], {}, "--bogus-flag")]
 
 
 @pytest.mark.parametrize("args,env,needle", BAD)

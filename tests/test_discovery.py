@@ -28,8 +28,8 @@ from gevent.pywsgi import WSGIServer
 
 from geproxy import discovery
 from geproxy.bootstrap import BootstrapError
-from geproxy.localcluster import (LocalCluster, ProxyProcess, _default_base_dir, _etcd_env,
-                                  _spawn, _wait_proc, free_port)
+from geproxy.localcluster import (LocalCluster, ProxyProcess, default_base_dir, etcd_env,
+                                  spawn, wait_proc, free_port)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = [sys.executable, "-m", "geproxy"]
@@ -117,7 +117,7 @@ class EtcdProcs:
     token is full (etcd's default --discovery-fallback=proxy).  Killed by pid."""
 
     def __init__(self):
-        self.base_dir = _default_base_dir()
+        self.base_dir = default_base_dir()
         self.procs = []
         self.used = set()
 
@@ -139,7 +139,7 @@ class EtcdProcs:
                "--discovery", discovery_url, "--enable-v2=true",
                "--heartbeat-interval", "50", "--election-timeout", "500",
                "--logger", "zap", "--log-outputs", log_path]
-        proc = _spawn(cmd, log_path, env=_etcd_env())
+        proc = spawn(cmd, log_path, env=etcd_env())
         entry = {"name": name, "client_url": client, "peer_url": peer, "proc": proc,
                  "log": log_path}
         self.procs.append(entry)
@@ -149,7 +149,7 @@ class EtcdProcs:
         for entry in self.procs:
             if entry["proc"].poll() is None:
                 os.kill(entry["proc"].pid, signal.SIGKILL)
-            _wait_proc(entry["proc"], timeout=10)
+            wait_proc(entry["proc"], timeout=10)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from geproxy.localcluster import LocalCluster, ProxyProcess, free_port
+from tests.helpers import poll, sessions
 
 FAST = ["--proxy-failure-wait", "1000", "--proxy-refresh-interval", "1000",
         "--proxy-header-timeout", "1000"]
@@ -25,28 +26,6 @@ FAST = ["--proxy-failure-wait", "1000", "--proxy-refresh-interval", "1000",
 def fresh_cluster():
     with LocalCluster(size=3) as c:
         yield c
-
-
-def sessions(n):
-    out = []
-    for _ in range(n):
-        s = requests.Session()
-        s.trust_env = False
-        out.append(s)
-    return out
-
-
-def poll(check, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        gevent.sleep(interval)
-
-
-def member_index(cluster, client_url):
-    return cluster.client_urls.index(client_url)
 
 
 def bound_members(cluster, proxy, clients, key):

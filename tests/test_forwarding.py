@@ -11,17 +11,9 @@ import gevent
 import pytest
 from gevent.queue import Queue
 
+from tests.helpers import poll, settled_watchers, watchers
+
 ETCD_HEADERS = ("X-Etcd-Index", "X-Etcd-Cluster-Id", "Content-Type")
-
-
-def poll(check, timeout=5.0, interval=0.05):
-    """Call check() until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        gevent.sleep(interval)
 
 
 def direct_matches(http, cluster, path, expected):
@@ -35,10 +27,6 @@ def direct_matches(http, cluster, path, expected):
                 return False
         return True
     return poll(all_match)
-
-
-def watchers(cluster):
-    return sum(m.metric("etcd_debugging_store_watchers") for m in cluster.members)
 
 
 def test_set_get_delete_match_direct(http, cluster, proxy, key):
@@ -136,7 +124,7 @@ def test_stream_watch_delivers_each_event_as_it_happens(http, proxy, key):
 
 @pytest.mark.parametrize("query", ["wait=true", "wait=true&stream=true"])
 def test_client_disconnect_frees_member_watcher(cluster, proxy, key, query):
-    base = watchers(cluster)
+    base = settled_watchers(cluster)  # earlier tests' watches are gone
     sock = socket.create_connection(("127.0.0.1", proxy.port))
     try:
         sock.sendall(("GET %s?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (key, query)).encode())

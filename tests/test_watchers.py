@@ -15,37 +15,12 @@ import pytest
 from gevent.pool import Pool
 
 from geproxy.localcluster import ProxyProcess
+from tests.helpers import poll, settled_watchers, watchers
 
 STATUS_WAIT = 10.0  # seconds any single read from the proxy may take
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def poll(check, timeout=5.0, interval=0.05):
-    """Call check() until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        gevent.sleep(interval)
-
-
-def watchers(cluster):
-    return sum(m.metric("etcd_debugging_store_watchers") for m in cluster.members)
-
-
-def settled_watchers(cluster, timeout=5.0):
-    """The members' watcher count once it stopped moving (earlier tests' watches gone)."""
-    deadline = time.monotonic() + timeout
-    last, same = watchers(cluster), 0
-    while same < 3 and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-        now = watchers(cluster)
-        same = same + 1 if now == last else 0
-        last = now
-    return last
 
 
 class Client:
