@@ -225,6 +225,47 @@ class GoProxy(localcluster.OwnedProcess):
             self._tmp = None
 
 
+class FloorProxy(localcluster.OwnedProcess):
+    """bench/floor_proxy.py (pywsgi + geventhttpclient, nothing else) in front of one member."""
+
+    def __init__(self, member_url):
+        self.member_url = member_url
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self._tmp = localcluster.default_base_dir()
+        self.log_path = os.path.join(self._tmp, "floor-proxy.log")
+        self.proc = None
+
+    def start(self, timeout=15.0):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_proxy.py")
+        self.proc = localcluster.spawn([sys.executable, script, str(self.port), self.member_url],
+                                       self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive:
+            try:
+                status, _body = localcluster.http("GET", self.url + "/version", timeout=1.0)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        tail = localcluster.tail(self.log_path)
+        self.stop()
+        raise RuntimeError("floor proxy did not come up\n%s" % tail)
+
+    def stop(self, timeout=5.0):
+        if self.alive:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            localcluster.wait_proc(self.proc, timeout)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
 def start_ours(initial_cluster, args, endpoints):
     """Our proxy as a subprocess, waiting until it lists `endpoints` members."""
     proxy = ProxyProcess(initial_cluster, args=args)

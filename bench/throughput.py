@@ -130,6 +130,13 @@ def start_all(args, target, procs):
     log("go proxy pid %d on %s" % (go.pid, go.url))
     configs_c50.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, args.connections))
     configs_c1.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, 1))
+    floor = common.FloorProxy(direct.client_url)
+    procs.append(floor)
+    floor.start()
+    log("floor proxy pid %d on %s" % (floor.pid, floor.url))
+    configs_c50.append(Config("floor (pywsgi+ghc, 1 member)", "floor", floor.url, floor.pid,
+                              args.connections))
+    configs_c1.append(Config("floor (pywsgi+ghc, 1 member)", "floor", floor.url, floor.pid, 1))
     for transport, workers in common.pick_matrix(args.transports, args.workers):
         proxy = common.start_ours(target.initial_cluster,
                                   common.proxy_args(transport, workers), n)

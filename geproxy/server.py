@@ -141,17 +141,43 @@ class ProxyHandler(pywsgi.WSGIHandler):
         self.headers = None
         super().handle_one_response()
 
+    _head = None  # response head held back to go out with the body (see process_result)
+
     def process_result(self):
-        # A watch answered after its headers went out early is one chunk: send
-        # it and the end of the chunked body together, not in two sends (with
-        # thousands of clients woken by one event, the syscalls add up).
+        # One send per response where pywsgi would make two or three: a body
+        # known in full goes out with the head (pywsgi sends them apart,
+        # gevent#1233), and a watch answered after its headers went out early
+        # sends its one chunk with the end of the chunked body (with thousands
+        # of clients woken by one event, the syscalls add up).
         result = self.result
-        if (self.headers_sent and self.response_use_chunked and type(result) is list
-                and len(result) == 1 and result[0]):
-            data = result[0]
-            self._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
-            return
-        super().process_result()
+        if type(result) is not list or len(result) != 1 or not result[0]:
+            return super().process_result()
+        data = result[0]
+        if self.headers_sent:
+            if self.response_use_chunked:
+                self._sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+                return None
+            return super().process_result()
+        self._head = b""  # _sendall: hold the head, send it with the body
+        try:
+            self.write(data)
+        finally:
+            head, self._head = self._head, None
+            if head:  # nothing followed the head
+                super()._sendall(head)
+        if self.response_use_chunked:
+            self._sendall(b"0\r\n\r\n")
+        return None
+
+    def _sendall(self, data):
+        head = self._head
+        if head is not None:
+            if not head:
+                self._head = bytes(data)
+                return
+            self._head = None
+            data = head + data
+        super()._sendall(data)
 
     def log_request(self):
         # pywsgi formats an access-log line (a datetime.now() and more) for every
@@ -160,12 +186,18 @@ class ProxyHandler(pywsgi.WSGIHandler):
             super().log_request()
 
     def read_requestline(self):
+        # A socket timeout bounds the wait for the next request, cheaper per
+        # request than a gevent.Timeout; it is lifted for the rest of the request.
         idle = getattr(self.server, "idle_timeout", 0)
         if not idle:
             return super().read_requestline()
-        with gevent.Timeout(idle, False):
+        self.socket.settimeout(idle)
+        try:
             return super().read_requestline()
-        return ""  # pywsgi closes the connection on an empty request line
+        except socket.timeout:
+            return ""  # pywsgi closes the connection on an empty request line
+        finally:
+            self.socket.settimeout(None)
 
     def MessageClass(self, *args):
         headers = super().MessageClass(*args)

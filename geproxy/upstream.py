@@ -16,6 +16,7 @@ the first one is the default.
 
 import logging
 import re
+import socket
 from http.client import HTTPException
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urlsplit
@@ -264,6 +265,33 @@ def _request_head(method, target, headers, host, body):
     return "".join(lines).encode("latin-1")
 
 
+class _PeekAlive:
+    """Pool mixin: check an idle pooled connection with one non-blocking peek.
+
+    The library asks ``select()`` on every reuse (a poll set up and torn down
+    per request); a peek at the kernel socket answers the same question
+    (readable while idle means closed or out of step) in one system call.
+    """
+
+    def _is_socket_alive(self, sock):
+        raw = getattr(sock, "_sock", sock)
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: idle and alive
+        except (OSError, ValueError):
+            return False
+        return False  # b"" (closed by the member) or stray bytes: not reusable
+
+
+class _Pool(_PeekAlive, ConnectionPool):
+    pass
+
+
+class _SSLPool(_PeekAlive, SSLConnectionPool):
+    pass
+
+
 class GeventHTTPClientTransport:
     """geventhttpclient's connection pool and C parser, one pool per member.
 
@@ -300,7 +328,7 @@ class GeventHTTPClientTransport:
             parts = urlsplit(base_url)
             https = parts.scheme == "https"
             port = parts.port or (443 if https else 80)
-            pool_class = SSLConnectionPool if https else ConnectionPool
+            pool_class = _SSLPool if https else _Pool
             pool = pool_class(parts.hostname, port, parts.hostname, port,
                               size=self._pool_size,
                               connection_timeout=self._dial_timeout,
