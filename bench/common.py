@@ -174,7 +174,25 @@ def _get_json(url, timeout=1.0):
     return json.loads(body)
 
 
-class GoProxy(localcluster.OwnedProcess):
+class BenchProcess(localcluster.OwnedProcess):
+    """A proxy process the bench started, with a temp dir of its own (``_tmp``)."""
+
+    _tmp = None
+
+    def stop(self, timeout=5.0):
+        if self.alive:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            localcluster.wait_proc(self.proc, timeout)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+class GoProxy(BenchProcess):
     """``etcd --proxy on`` as a child process, with the ProxyProcess interface."""
 
     def __init__(self, initial_cluster, etcd_bin="etcd", args=()):
@@ -212,20 +230,9 @@ class GoProxy(localcluster.OwnedProcess):
         self.stop()
         raise RuntimeError("Go proxy did not come up (last: %r)\n%s" % (last, tail))
 
-    def stop(self, timeout=5.0):
-        if self.alive:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            localcluster.wait_proc(self.proc, timeout)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
 
-class FloorProxy(localcluster.OwnedProcess):
+class FloorProxy(BenchProcess):
     """bench/floor_proxy.py (pywsgi + geventhttpclient, nothing else) in front of one member."""
 
     def __init__(self, member_url):
@@ -253,17 +260,6 @@ class FloorProxy(localcluster.OwnedProcess):
         self.stop()
         raise RuntimeError("floor proxy did not come up\n%s" % tail)
 
-    def stop(self, timeout=5.0):
-        if self.alive:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            localcluster.wait_proc(self.proc, timeout)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
 
 def start_ours(initial_cluster, args, endpoints):

@@ -68,21 +68,31 @@ def parse_text(text):
     return text
 
 
+def choice(*values, aliases=None):
+    """A parser that accepts one of ``values`` (any case; ``aliases`` map spellings)."""
+    aliases = aliases or {}
+
+    def parse(text):
+        value = text.strip().lower()
+        value = aliases.get(value, value)
+        if value not in values:
+            raise SettingError("must be one of " + ", ".join(values))
+        return value
+    return parse
+
+
+TRANSPORTS = ("geventhttpclient", "requests")
+BALANCES = ("least-connections", "first")
+parse_transport = choice(*TRANSPORTS)
+parse_balance = choice(*BALANCES)
+parse_log_level = choice("debug", "info", "warn", "error", aliases={"warning": "warn"})
+
+
 def parse_positive(text):
     value = parse_count(text)
     if value < 1:
         raise SettingError("must be at least 1")
     return value
-
-
-def parse_balance(text):
-    value = text.strip().lower()
-    if value not in BALANCES:
-        raise SettingError("must be one of " + ", ".join(BALANCES))
-    return value
-
-
-BALANCES = ("least-connections", "first")
 
 
 def parse_discovery_url(text):
@@ -124,25 +134,6 @@ def parse_host_port(text):
     if not parts.hostname:
         raise SettingError("%r has no host" % raw)
     return "%s:%d" % (parts.hostname, port)
-
-
-def parse_log_level(text):
-    value = text.strip().lower()
-    if value == "warning":
-        value = "warn"
-    if value not in ("debug", "info", "warn", "error"):
-        raise SettingError("must be one of debug, info, warn, error")
-    return value
-
-
-def parse_transport(text):
-    value = text.strip().lower()
-    if value not in TRANSPORTS:
-        raise SettingError("must be one of " + ", ".join(TRANSPORTS))
-    return value
-
-
-TRANSPORTS = ("geventhttpclient", "requests")
 
 
 def _host_port_url(text, what, schemes):
