@@ -49,6 +49,7 @@ import gevent  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 
 import common  # noqa: E402
+from geproxy.localcluster import settled_store_watchers, store_watchers  # noqa: E402
 from common import log  # noqa: E402
 
 CONNECT_CONCURRENCY = 256  # watcher connections being opened at once
@@ -230,22 +231,6 @@ def rss_mb(pid):
     return total / 1024.0
 
 
-def member_watchers(members):
-    return int(sum(m.metric("etcd_debugging_store_watchers") for m in members))
-
-
-def settled_watchers(members, clock, cap=30.0):
-    """The members' watcher count once it stops moving (earlier watches gone)."""
-    end = time.monotonic() + clock.left(cap)
-    last, same = member_watchers(members), 0
-    while same < 3 and time.monotonic() < end:
-        gevent.sleep(0.1)
-        now = member_watchers(members)
-        same = same + 1 if now == last else 0
-        last = now
-    return last
-
-
 def percentile(sorted_xs, q):
     if not sorted_xs:
         return None
@@ -262,7 +247,7 @@ def run(label, proxy, members, keys_of_watchers, clock, args):
     n = len(keys_of_watchers)
     keys = sorted(set(keys_of_watchers))
     row = {"label": label, "watchers": n, "keys": len(keys)}
-    base = settled_watchers(members, clock)
+    base = settled_store_watchers(members, clock.left(30.0), interval=0.1)
     row["rss_idle"] = rss_mb(proxy.pid)
     counts = {"sent": 0, "head": 0, "done": 0, "error": 0}
     watchers = [Watcher(k) for k in keys_of_watchers]
@@ -282,7 +267,7 @@ def run(label, proxy, members, keys_of_watchers, clock, args):
                 log("  %s: not all watches established within %.0fs" % (label, args.setup_timeout))
                 break
             gevent.sleep(0.2)
-            upstream_now = member_watchers(members) - base
+            upstream_now = store_watchers(members) - base
             if time.monotonic() >= next_note:
                 next_note = time.monotonic() + 2.0
                 log("  %s: sent %d/%d, headers %d, errors %d, member watchers %d, rss %.0f MB"
@@ -293,7 +278,7 @@ def run(label, proxy, members, keys_of_watchers, clock, args):
         gevent.sleep(0.5)  # let the last joins land before sampling (a measurement pause)
         row["rss"] = rss_mb(proxy.pid)
         row["upstream_conns"] = sum(common.established(proxy.pid, ports))
-        row["member_watchers"] = member_watchers(members) - base
+        row["member_watchers"] = store_watchers(members) - base
         log("  %s: established in %.1fs; rss %.0f MB, upstream connections %d, member "
             "watchers %d; PUT to %d keys" % (label, row["setup_s"], row["rss"],
                                              row["upstream_conns"], row["member_watchers"],

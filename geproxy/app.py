@@ -20,7 +20,6 @@ one-shot watches share one upstream request (``coalesce``; on unless
 soon as the shared request has them, then the event.
 """
 
-import errno
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ from geproxy import disconnect
 from geproxy.coalesce import Coalescer, watch_key
 from geproxy.endpoints import BINDING
 from geproxy.headers import request_headers, request_target, response_headers
-from geproxy.upstream import UpstreamError
+from geproxy.upstream import OutOfFiles, UpstreamError
 
 log = logging.getLogger("geproxy.app")
 
@@ -80,17 +79,6 @@ def _with_length(headers, body):
     headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
     headers.append(("Content-Length", str(len(body))))
     return headers
-
-
-def _out_of_files(exc):
-    """True if this transport error is the proxy itself lacking a file descriptor."""
-    for _ in range(12):  # transports wrap: ConnectError <- requests <- urllib3 <- OSError
-        if exc is None:
-            return False
-        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-            return True
-        exc = exc.__cause__ or exc.__context__ or getattr(exc, "reason", None)
-    return False
 
 
 def _query_flag(query, flag):
@@ -233,7 +221,7 @@ class ProxyApp:
             try:
                 return self.exchange(endpoint, method, target, headers, body, watch)
             except UpstreamError as exc:
-                if _out_of_files(exc):  # our limit, not the member's fault: keep it available
+                if isinstance(exc, OutOfFiles):  # our limit, not the member's: keep it available
                     self.no_files(exc)
                     raise ProxyError("503 Service Unavailable",
                                      "httpproxy: out of file descriptors") from None

@@ -240,6 +240,24 @@ class Member(OwnedProcess):
         return tail(self.log_path, lines)
 
 
+def store_watchers(members):
+    """Current v2 watchers over the given members, from their own /metrics."""
+    return int(sum(m.metric("etcd_debugging_store_watchers") for m in members))
+
+
+def settled_store_watchers(members, timeout=5.0, interval=0.05):
+    """store_watchers() once it stopped moving (watches that ended earlier are gone):
+    the same figure three polls in a row, or whatever it is at the deadline."""
+    deadline = time.monotonic() + timeout
+    last, same = store_watchers(members), 0
+    while same < 3 and time.monotonic() < deadline:
+        time.sleep(interval)
+        now = store_watchers(members)
+        same = same + 1 if now == last else 0
+        last = now
+    return last
+
+
 def default_base_dir():
     """Prefer tmpfs: etcd fsyncs its WAL on every write, which on a real
     disk makes cluster start and every test write much slower."""

@@ -14,6 +14,7 @@ Transports are chosen by name (``--proxy-transport``) through ``TRANSPORTS``;
 the first one is the default.
 """
 
+import errno
 import logging
 import re
 import socket
@@ -45,6 +46,10 @@ class ConnectError(UpstreamError):
     """No connection could be made: nothing was sent, any method may be retried."""
 
     sent = False
+
+
+class OutOfFiles(ConnectError):
+    """This process had no file descriptor for the connection: not the member's fault."""
 
 
 class UpstreamResponse:
@@ -101,21 +106,35 @@ class _RequestsResponse(UpstreamResponse):
         self._resp.close()
 
 
-def _is_connect_failure(exc):
-    """True if a requests/urllib3 error happened before any byte was sent."""
+def _causes(exc):
+    """exc and what it wraps (requests -> urllib3 -> OSError chains), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectTimeout,
-                            urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError too
-                            urllib3.exceptions.NameResolutionError,
-                            ConnectionRefusedError)):
-            return True
+        yield exc
         nxt = getattr(exc, "reason", None)
         if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
             nxt = exc.args[0]
-        exc = nxt if nxt is not None else exc.__context__
-    return False
+        exc = nxt if nxt is not None else (exc.__cause__ or exc.__context__)
+
+
+_CONNECT_FAILURES = (requests.exceptions.ConnectTimeout,
+                     urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError too
+                     urllib3.exceptions.NameResolutionError,
+                     ConnectionRefusedError)
+
+
+def _is_connect_failure(exc):
+    """True if a requests/urllib3 error happened before any byte was sent."""
+    return any(isinstance(e, _CONNECT_FAILURES) for e in _causes(exc))
+
+
+def connect_error(base_url, exc):
+    """The ConnectError for a failed connect: OutOfFiles when the proxy lacked a descriptor."""
+    if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE)
+           for e in _causes(exc)):
+        return OutOfFiles("%s: %s" % (base_url, exc))
+    return ConnectError("%s: %s" % (base_url, exc))
 
 
 class RequestsTransport:
@@ -161,8 +180,9 @@ class RequestsTransport:
             resp = self._session(base_url).send(prep, stream=True, allow_redirects=False,
                                                 timeout=self._timeout)
         except Exception as exc:
-            if _is_connect_failure(exc):
-                raise ConnectError(str(exc)) from None
+            error = connect_error(base_url, exc)
+            if isinstance(error, OutOfFiles) or _is_connect_failure(exc):
+                raise error from None
             if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError,
                                 OSError)):
                 raise UpstreamError(str(exc)) from None
@@ -343,7 +363,7 @@ class GeventHTTPClientTransport:
         try:
             sock = pool.get_socket()  # a pooled connection, or a new one
         except (OSError, RuntimeError) as exc:  # refused, dial timeout, DNS, pool closed
-            raise ConnectError("%s: %s" % (base_url, exc)) from None
+            raise connect_error(base_url, exc) from None
         try:
             sock.settimeout(self._write_timeout)
             sock.sendall(head + body if body else head)

@@ -5,6 +5,8 @@ import time
 import gevent
 import requests
 
+from geproxy.localcluster import settled_store_watchers, store_watchers
+
 
 def poll(check, timeout=5.0, interval=0.05):
     """Call check() until it returns a truthy value or the deadline passes; its last value."""
@@ -18,19 +20,12 @@ def poll(check, timeout=5.0, interval=0.05):
 
 def watchers(cluster):
     """Current v2 watchers over all members, from their own /metrics."""
-    return sum(m.metric("etcd_debugging_store_watchers") for m in cluster.members)
+    return store_watchers(cluster.members)
 
 
 def settled_watchers(cluster, timeout=5.0):
     """The members' watcher count once it stopped moving (earlier tests' watches gone)."""
-    deadline = time.monotonic() + timeout
-    last, same = watchers(cluster), 0
-    while same < 3 and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-        now = watchers(cluster)
-        same = same + 1 if now == last else 0
-        last = now
-    return last
+    return settled_store_watchers(cluster.members, timeout)
 
 
 def sessions(n):

@@ -28,15 +28,18 @@ def fresh_cluster():
         yield c
 
 
-def bound_members(cluster, proxy, clients, key):
-    """Which member each client connection is bound to (by the members' own counters)."""
+def bound_clients(cluster, proxy, key, first_write):
+    """Three client connections after ``first_write`` to ``key``, and the member
+    each is bound to (found from the members' own request counters)."""
+    clients = sessions(3)
+    clients[0].put(proxy.url + key, data=first_write)
     bound = []
     for client in clients:
         before = [m.metric('etcd_http_received_total{method="GET"}') for m in cluster.members]
         client.get(proxy.url + key)
         after = [m.metric('etcd_http_received_total{method="GET"}') for m in cluster.members]
         bound.append([i for i, (a, b) in enumerate(zip(before, after)) if b > a][0])
-    return bound
+    return clients, bound
 
 
 def run_gets(proxy, clients, key, count, on_request=None):
@@ -75,10 +78,7 @@ def write_soon(proxy, key, timeout=15.0):
 def test_kill_member_during_300_gets(fresh_cluster, start_proxy, key, role):
     cluster = fresh_cluster
     proxy = start_proxy(cluster.initial_cluster, args=FAST, endpoints=3)
-    clients = sessions(3)
-    proxy_key = key
-    clients[0].put(proxy.url + proxy_key, data={"value": "v"})
-    bound = bound_members(cluster, proxy, clients, proxy_key)
+    clients, bound = bound_clients(cluster, proxy, key, {"value": "v"})
     assert sorted(bound) == [0, 1, 2], "three connections spread over three members"
     leader = cluster.leader_index()
     victim = leader if role == "leader" else next(i for i in bound if i != leader)
@@ -87,20 +87,18 @@ def test_kill_member_during_300_gets(fresh_cluster, start_proxy, key, role):
         if n == 100:
             cluster.kill(victim)
 
-    failures, slowest = run_gets(proxy, clients, proxy_key, 300, on_request=kill_at_100)
+    failures, slowest = run_gets(proxy, clients, key, 300, on_request=kill_at_100)
     print("killed %s m%d: 300 GETs, %d failures, slowest %.3f s"
           % (role, victim, len(failures), slowest))
     assert failures == []
     assert slowest < 2.0
-    write_soon(proxy, proxy_key + "w")
+    write_soon(proxy, key + "w")
 
 
 def test_paused_member_gets_fail_over_and_puts_never_hang(fresh_cluster, start_proxy, key):
     cluster = fresh_cluster
     proxy = start_proxy(cluster.initial_cluster, args=FAST, endpoints=3)
-    clients = sessions(3)
-    clients[0].put(proxy.url + key, data={"value": "v"})
-    bound = bound_members(cluster, proxy, clients, key)
+    clients, bound = bound_clients(cluster, proxy, key, {"value": "v"})
     cluster.pause(bound[0])
     try:
         failures, slowest = run_gets(proxy, clients, key, 30)
@@ -156,9 +154,7 @@ def test_no_duplicate_in_order_keys_when_member_dies_mid_post(fresh_cluster, sta
     """Each POST carries a unique value: none may be created twice."""
     cluster = fresh_cluster
     proxy = start_proxy(cluster.initial_cluster, args=FAST, endpoints=3)
-    clients = sessions(3)
-    clients[0].put(proxy.url + key, data={"dir": "true"})
-    bound = bound_members(cluster, proxy, clients, key)
+    clients, bound = bound_clients(cluster, proxy, key, {"dir": "true"})
     leader = cluster.leader_index()
     victim = next(i for i in bound if i != leader)
     statuses = {}
