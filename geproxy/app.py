@@ -22,29 +22,20 @@ soon as the shared request has them, then the event.
 
 import json
 import logging
-import time
-
-import gevent
 
 from geproxy import disconnect
 from geproxy.coalesce import Coalescer, watch_key
 from geproxy.endpoints import BINDING
-from geproxy.headers import request_headers, request_target, response_headers
-from geproxy.upstream import OutOfFiles, UpstreamError
+from geproxy.errors import (BadRequest, BodyTooLarge, MemberTimeout, OutOfFiles, UpstreamError,
+                            error_answer)
+from geproxy.headers import RELAY, request_headers, request_target
+from geproxy.logs import Every
+from geproxy.settings import GO_TRUE
 
 log = logging.getLogger("geproxy.app")
 
 CONFIG_PATH = "/v2/config/local/proxy"
 RETRY_ELSEWHERE = frozenset(("GET", "HEAD"))
-_TRUE = frozenset(("1", "t", "T", "true", "TRUE", "True"))
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class MemberTimeout(UpstreamError):
-    """The member took longer than the header timeout; it may have applied a write."""
 
 
 class ProxyError(Exception):
@@ -57,19 +48,11 @@ class ProxyError(Exception):
 
     def parts(self):
         """(status, headers, body) of the error response."""
-        return _error_parts(self.status, self.message)
-
-
-def _error_parts(status, message, close=False):
-    body = json.dumps({"message": message}, separators=(",", ":")).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    if close:
-        headers.append(("Connection", "close"))
-    return status, headers, body
+        return error_answer(self.status, self.message)
 
 
 def _json_error(start_response, status, message, close=False):
-    status, headers, body = _error_parts(status, message, close)
+    status, headers, body = error_answer(status, message, close)
     start_response(status, headers)
     return [body]
 
@@ -87,7 +70,7 @@ def _query_flag(query, flag):
         return False
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
-        if name == flag and value in _TRUE:
+        if name == flag and value in GO_TRUE:
             return True
     return False
 
@@ -148,7 +131,8 @@ class ProxyApp:
         self.status = status or (lambda: {})
         self.waiting = waiting or (lambda: None)
         self.coalescer = Coalescer() if coalesce_watches else None
-        self._no_files_logged = None
+        self._no_files = Every(log)
+        self._no_endpoints = Every(log)
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -180,17 +164,20 @@ class ProxyApp:
     def forward(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
         try:
-            body = read_body(environ, self.max_body)
+            body = b"" if "CONTENT_LENGTH" not in environ and \
+                "HTTP_TRANSFER_ENCODING" not in environ else read_body(environ, self.max_body)
         except BodyTooLarge:
-            return _json_error(start_response, "413 Request Entity Too Large",
+            return _json_error(start_response, BodyTooLarge.status,
                                "httpproxy: request body larger than %d bytes" % self.max_body,
                                close=True)
-        except (ValueError, OSError) as exc:  # bad chunked framing, short body
-            return _json_error(start_response, "400 Bad Request",
+        except BadRequest as exc:  # malformed chunked framing, a body cut short
+            return _json_error(start_response, exc.status,
                                "httpproxy: failed to read request body: %s" % exc, close=True)
-        target = request_target(environ)
+        target = environ.get("RAW_URI")
+        if not target or target[0] != "/":
+            target = request_target(environ)
         query = environ.get("QUERY_STRING", "")
-        watch = method == "GET" and is_watch(query)
+        watch = method == "GET" and "wait=" in query and is_watch(query)
 
         candidates = self.endpoints.ordered(environ.get(BINDING))
         if watch and self.coalescer is not None and not body and not is_stream(query):
@@ -202,7 +189,7 @@ class ProxyApp:
             return _json_error(start_response, exc.status, exc.message)
         if content is None:
             return self.stream(environ, start_response, resp)
-        return self.respond(start_response, method, resp, content)
+        return self.respond(environ, start_response, method, resp, content)
 
     def send(self, candidates, method, target, headers, body, watch):
         """The first usable member answer, trying ``candidates`` in order.
@@ -213,16 +200,16 @@ class ProxyApp:
         shared upstream request of coalesced watches come through here.
         """
         if not candidates:
-            waiting = self.waiting()
-            message = "httpproxy: " + (waiting or "zero endpoints currently available")
-            log.warning("%s", message[len("httpproxy: "):])
-            raise ProxyError("503 Service Unavailable", message)
+            reason = self.waiting() or "zero endpoints currently available"
+            self._no_endpoints("%s", reason)
+            raise ProxyError("503 Service Unavailable", "httpproxy: " + reason)
         for endpoint in candidates:
             try:
                 return self.exchange(endpoint, method, target, headers, body, watch)
             except UpstreamError as exc:
                 if isinstance(exc, OutOfFiles):  # our limit, not the member's: keep it available
-                    self.no_files(exc)
+                    self._no_files("out of file descriptors for upstream connections, "
+                                   "answering 503: %s", exc)
                     raise ProxyError("503 Service Unavailable",
                                      "httpproxy: out of file descriptors") from None
                 if self.endpoints.mark_failed(endpoint):
@@ -234,35 +221,18 @@ class ProxyApp:
                          % len(candidates))
 
     def exchange(self, endpoint, method, target, headers, body, watch):
-        """One member's answer: (response, whole body), or (response, None) for a watch.
+        """One member's answer: (response, whole body), or (response, None) to stream.
 
-        A non-watch exchange is bounded by header_timeout; watches wait as long
-        as the member keeps them open (only --proxy-read-timeout cuts them).
+        A non-watch request waits at most header_timeout for the member's
+        head; watches wait as long as the member keeps them open (only
+        --proxy-read-timeout cuts them).  A body of unknown length is
+        streamed, whatever the request.
         """
-        if watch:
-            return self.transport.request(endpoint.url, method, target, headers, body), None
-        timer = gevent.Timeout(self.header_timeout)
-        timer.start()
-        resp = None
-        try:
-            resp = self.transport.request(endpoint.url, method, target, headers, body)
-            return resp, resp.read()
-        except gevent.Timeout as t:
-            if t is not timer:
-                raise
-            if resp is not None:
-                resp.close()
-            raise MemberTimeout("no answer within %d ms" % (self.header_timeout * 1000)) from None
-        finally:
-            timer.close()
-
-    def no_files(self, exc):
-        """Log running out of descriptors for upstream connections, once per 10 s."""
-        now = time.monotonic()
-        if self._no_files_logged is None or now - self._no_files_logged >= 10.0:
-            self._no_files_logged = now
-            log.warning("out of file descriptors for upstream connections, "
-                        "answering 503: %s", exc)
+        resp = self.transport.request(endpoint.url, method, target, headers, body,
+                                      None if watch else self.header_timeout)
+        if watch or resp.streaming:
+            return resp, None
+        return resp, resp.read()
 
     def not_retried(self, endpoint, exc):
         """The error for a write that may have reached a member: never sent to a second one."""
@@ -276,19 +246,24 @@ class ProxyApp:
             "httpproxy: member %s failed mid-request (%s); not retried on another member "
             "because it may have been applied" % (endpoint.url, exc))
 
-    def respond(self, start_response, method, resp, content):
-        status = "%d %s" % (resp.status, resp.reason)
-        headers = response_headers(resp.headers)
-        if method == "HEAD":  # keep the member's Content-Length; send no body
-            start_response(status, headers)
-            return []
-        start_response(status, _with_length(headers, content))
-        return [content]
+    def respond(self, environ, start_response, method, resp, content):
+        """A member answer whose body is known in full (framed by its Content-Length,
+        which passes on unchanged; on HEAD the member's length of the GET).
+
+        Under our own server the member's header block goes on as it came
+        (``RELAY``) when nothing in it must be dropped: no list of headers is
+        built and joined again.
+        """
+        relay = environ.get(RELAY)
+        if relay is not None and resp.relayable:
+            relay(resp.status_text, resp.raw_fields)
+        else:
+            start_response(resp.status_text, resp.forward_headers())
+        return [content] if method != "HEAD" else []
 
     def stream(self, environ, start_response, resp):
         """Flush the headers now, then each chunk as the member sends it."""
-        write = start_response("%d %s" % (resp.status, resp.reason),
-                               response_headers(resp.headers))
+        write = start_response(resp.status_text, resp.forward_headers())
         write(b"")  # pywsgi sends the headers on an explicit empty write
         guard = disconnect.watch(environ)
         try:
@@ -350,7 +325,7 @@ class ProxyApp:
             yield content
             return
         try:
-            yield "%d %s" % (resp.status, resp.reason), response_headers(resp.headers)
+            yield resp.status_text, resp.forward_headers()
             try:
                 content = resp.read()
             except UpstreamError as exc:

@@ -9,14 +9,12 @@ says how far it got, for the 503 answers and the config endpoint.
 
 import logging
 
+from geproxy.errors import BootstrapError
+
 log = logging.getLogger("geproxy.bootstrap")
 
 CONFLICT = ('multiple discovery or bootstrap flags are set. '
             'Choose one of "initial-cluster", "discovery" or "discovery-srv"')
-
-
-class BootstrapError(Exception):
-    """The first peer URLs cannot be learned; one line for the operator, exit 1."""
 
 
 def check_conflicts(settings):

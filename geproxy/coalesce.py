@@ -40,11 +40,13 @@ import logging
 import gevent
 from gevent.event import AsyncResult
 
+from geproxy.errors import error_answer
+
 log = logging.getLogger("geproxy.coalesce")
 
-_BROKEN_BODY = b'{"message":"httpproxy: shared watch failed"}'
-_BROKEN = ("502 Bad Gateway", [("Content-Type", "application/json"),
-                               ("Content-Length", str(len(_BROKEN_BODY)))])
+_BROKEN_STATUS, _BROKEN_HEADERS, _BROKEN_BODY = error_answer(
+    "502 Bad Gateway", "httpproxy: shared watch failed")
+_BROKEN = (_BROKEN_STATUS, _BROKEN_HEADERS)
 
 
 def watch_key(target, authorization):

@@ -14,11 +14,9 @@ import json
 import logging
 import os
 
+from geproxy.errors import DataDirError
+
 log = logging.getLogger("geproxy.datadir")
-
-
-class DataDirError(Exception):
-    """The data dir cannot be used; the message names the path and the reason."""
 
 
 class ClusterFile:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from geproxy.bootstrap import BootstrapError
+from geproxy.errors import DiscoveryError
 
 log = logging.getLogger("geproxy.discovery")
 
@@ -65,7 +65,7 @@ class DiscoveryClient:
                  backoff=None):
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BootstrapError("discovery: %r is not an http(s) URL" % url)
+            raise DiscoveryError("discovery: %r is not an http(s) URL" % url)
         # The token directory: scheme://host[:port]/path, without query or fragment.
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self.session = session or requests.Session()
@@ -91,7 +91,7 @@ class DiscoveryClient:
 
     def _get_once(self, url, params=None, read_timeout=REQUEST_TIMEOUT):
         """One GET: (status, X-Etcd-Index or None, JSON document); Unreachable if
-        the service cannot be reached or answers 5xx; BootstrapError if the
+        the service cannot be reached or answers 5xx; DiscoveryError if the
         answer is not JSON."""
         try:
             resp = self.session.get(url, params=params,
@@ -100,7 +100,7 @@ class DiscoveryClient:
             raise Unreachable("%s: timed out (%s)" % (url, type(exc).__name__)) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                 requests.exceptions.MissingSchema) as exc:  # retrying cannot help
-            raise BootstrapError("discovery: cannot ask %s: %s" % (url, _one_line(exc))) from None
+            raise DiscoveryError("discovery: cannot ask %s: %s" % (url, _one_line(exc))) from None
         except requests.RequestException as exc:
             raise Unreachable("%s: %s" % (url, _one_line(exc))) from None
         if resp.status_code >= 500:
@@ -108,7 +108,7 @@ class DiscoveryClient:
         try:
             doc = json.loads(resp.content)
         except ValueError:
-            raise BootstrapError(
+            raise DiscoveryError(
                 "discovery: bad discovery endpoint: %s answered HTTP %d that is not JSON "
                 "(starts %r)" % (url, resp.status_code, resp.content[:40])) from None
         index = resp.headers.get("X-Etcd-Index")
@@ -143,7 +143,7 @@ class DiscoveryClient:
         url = self.url + "/_config/size"
         status, _, doc = self.get(url)
         if status == 404 and _error_code(doc) == KEY_NOT_FOUND:
-            raise BootstrapError("discovery: size key not found: %s does not exist "
+            raise DiscoveryError("discovery: size key not found: %s does not exist "
                                  "(is the token right, and was its size set?)" % url)
         node = _node(doc, status, url)
         value = node.get("value")
@@ -152,7 +152,7 @@ class DiscoveryClient:
         except ValueError:
             size = None
         if size is None or size < 1:
-            raise BootstrapError("discovery: size key is bad: %s holds %r, want a "
+            raise DiscoveryError("discovery: size key is bad: %s holds %r, want a "
                                  "positive integer" % (url, value))
         return size
 
@@ -160,25 +160,25 @@ class DiscoveryClient:
         """(registrations sorted by createdIndex, X-Etcd-Index of the listing)."""
         status, index, doc = self.get(self.url)
         if status == 404 and _error_code(doc) == KEY_NOT_FOUND:
-            raise BootstrapError("discovery: token directory %s does not exist" % self.url)
+            raise DiscoveryError("discovery: token directory %s does not exist" % self.url)
         node = _node(doc, status, self.url)
         if not node.get("dir"):
-            raise BootstrapError("discovery: %s is not a token directory (a plain key)"
+            raise DiscoveryError("discovery: %s is not a token directory (a plain key)"
                                  % self.url)
         children = node.get("nodes", [])
         if not isinstance(children, list):
-            raise BootstrapError("discovery: unexpected answer from %s: 'nodes' is not "
+            raise DiscoveryError("discovery: unexpected answer from %s: 'nodes' is not "
                                  "a list" % self.url)
         members = []
         for child in children:
             if not isinstance(child, dict) or not isinstance(child.get("key"), str):
-                raise BootstrapError("discovery: unexpected answer from %s: a child node "
+                raise DiscoveryError("discovery: unexpected answer from %s: a child node "
                                      "has no key" % self.url)
             if child["key"].rstrip("/").rsplit("/", 1)[-1] == "_config" or child.get("dir"):
                 continue
             created, value = child.get("createdIndex"), child.get("value")
             if not isinstance(created, int) or not isinstance(value, str):
-                raise BootstrapError("discovery: unexpected answer from %s: registration "
+                raise DiscoveryError("discovery: unexpected answer from %s: registration "
                                      "%s lacks createdIndex or value" % (self.url, child["key"]))
             members.append((created, child["key"], value))
         members.sort()
@@ -204,7 +204,7 @@ class DiscoveryClient:
         if status == 400 and _error_code(doc) == EVENT_INDEX_CLEARED:
             return  # re-list: the listing is the truth anyway
         if status != 200 or not isinstance(doc, dict) or "action" not in doc:
-            raise BootstrapError("discovery: unexpected answer to a watch on %s: HTTP %d %s"
+            raise DiscoveryError("discovery: unexpected answer to a watch on %s: HTTP %d %s"
                                  % (self.url, status, _describe(doc)))
         log.debug("discovery event %s on %s", doc.get("action"),
                   (doc.get("node") or {}).get("key"))
@@ -245,15 +245,15 @@ def parse_registrations(members, where):
         for item in value.split(","):
             name, sep, url = item.strip().partition("=")
             if not sep or not name:
-                raise BootstrapError("discovery: invalid registration %s=%r at %s: want "
+                raise DiscoveryError("discovery: invalid registration %s=%r at %s: want "
                                      "name=peerURL" % (key, value, where))
             if owner.setdefault(name, key) != key:
-                raise BootstrapError("discovery: found duplicate name %r (registrations %s "
+                raise DiscoveryError("discovery: found duplicate name %r (registrations %s "
                                      "and %s at %s)" % (name, owner[name], key, where))
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https", "unix", "unixs") or not parts.netloc \
                     or parts.path not in ("", "/"):
-                raise BootstrapError("discovery: invalid URL %r in registration %s at %s"
+                raise DiscoveryError("discovery: invalid URL %r in registration %s at %s"
                                      % (url, key, where))
             urls.append(url)
     return urls
@@ -272,12 +272,12 @@ def _describe(doc):
 
 
 def _node(doc, status, url):
-    """The ``node`` object of a 200 etcd answer, or a one-line BootstrapError."""
+    """The ``node`` object of a 200 etcd answer, or a one-line DiscoveryError."""
     if status != 200:
-        raise BootstrapError("discovery: %s answered HTTP %d: %s" % (url, status, _describe(doc)))
+        raise DiscoveryError("discovery: %s answered HTTP %d: %s" % (url, status, _describe(doc)))
     node = doc.get("node") if isinstance(doc, dict) else None
     if not isinstance(node, dict):
-        raise BootstrapError("discovery: unexpected answer from %s: not an etcd v2 "
+        raise DiscoveryError("discovery: unexpected answer from %s: not an etcd v2 "
                              "keys answer: %s" % (url, _describe(doc)))
     return node
 
@@ -291,7 +291,7 @@ def discover(url, proxy="", progress=None):
 
     Blocks until the cluster has registered all its members; ``progress`` is
     called with a one-line state ("waiting for discovery: found N of M
-    members") whenever it changes.  Raises BootstrapError on a definite error.
+    members") whenever it changes.  Raises DiscoveryError on a definite error.
     """
     client = DiscoveryClient(url, proxy=proxy, progress=progress)
     try:
@@ -316,7 +316,7 @@ def make_resolver(resolver=""):
         try:
             res = dns.resolver.Resolver()
         except dns.resolver.NoResolverConfiguration as exc:
-            raise BootstrapError("discovery-srv: no DNS resolver configured (%s); "
+            raise DiscoveryError("discovery-srv: no DNS resolver configured (%s); "
                                  "set --discovery-srv-resolver" % _one_line(exc)) from None
     else:
         host, _, port = resolver.rpartition(":")
@@ -328,7 +328,7 @@ def make_resolver(resolver=""):
             try:
                 address = socket.getaddrinfo(host, None)[0][4][0]
             except OSError as exc:
-                raise BootstrapError("discovery-srv: cannot resolve the resolver %r: %s"
+                raise DiscoveryError("discovery-srv: cannot resolve the resolver %r: %s"
                                      % (host, exc)) from None
         res = dns.resolver.Resolver(configure=False)
         res.nameservers = [address]
@@ -400,7 +400,7 @@ def lookup_srv(domain, name, res, resolve_targets):
             for host in hosts:
                 urls.append("%s://%s:%d" % (scheme, _host(host), record.port))
     if not urls:
-        raise BootstrapError("discovery-srv: no peer URLs found for %s (%s)"
+        raise DiscoveryError("discovery-srv: no peer URLs found for %s (%s)"
                              % (domain, "; ".join(problems)))
     log.info("discovery-srv: found peer URLs %s for %s", urls, domain)
     return urls
@@ -411,7 +411,7 @@ def srv_peer_urls(domain, name="", resolver=""):
 
     ``name`` inserts ``-<name>`` before ``._tcp``; ``resolver`` ("host:port")
     is then the only nameserver asked, and the targets are resolved through it
-    too.  No record of either kind: BootstrapError.
+    too.  No record of either kind: DiscoveryError.
     """
     res = make_resolver(resolver)
     return lookup_srv(domain, name, res, resolve_targets=bool(resolver))

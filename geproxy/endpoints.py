@@ -45,6 +45,8 @@ class EndpointSet:
         self._clock = clock
         self._rng = rng or random.Random()
         self._endpoints = []
+        self._available = []  # cached until a mark expires or the list changes
+        self._recheck_at = float("-inf")
 
     def replace(self, urls):
         """Take a new URL list (from a refresh), shuffle it, keep failure marks."""
@@ -54,14 +56,23 @@ class EndpointSet:
             fresh.append(old.get(url) or Endpoint(url))
         self._rng.shuffle(fresh)
         self._endpoints = fresh
+        self._recheck_at = float("-inf")
 
     def all(self):
         return list(self._endpoints)
 
     def available(self):
-        """Endpoints not marked failed, in the current shuffled order."""
+        """Endpoints not marked failed, in the current shuffled order (do not modify it).
+
+        Worked out again only when the list changed or a failure mark ran
+        out, not per request.
+        """
         now = self._clock()
-        return [ep for ep in self._endpoints if ep.failed_until <= now]
+        if now >= self._recheck_at:
+            self._available = [ep for ep in self._endpoints if ep.failed_until <= now]
+            self._recheck_at = min((ep.failed_until for ep in self._endpoints
+                                    if ep.failed_until > now), default=float("inf"))
+        return self._available
 
     def failed(self):
         """(endpoint, seconds until retry) for endpoints currently skipped."""
@@ -74,6 +85,7 @@ class EndpointSet:
         now = self._clock()
         was_available = endpoint.failed_until <= now
         endpoint.failed_until = now + self.failure_wait
+        self._recheck_at = float("-inf")
         return was_available
 
     def ordered(self, binding=None):

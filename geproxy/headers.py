@@ -8,55 +8,61 @@ drop the named ones.  ``X-Forwarded-For`` gets the client's address appended.
 
 from urllib.parse import quote
 
+from geproxy.http11 import header_name
+
+RAW_HEADERS = "geproxy.headers"  # environ key: the request's (name, value) list as received
+# environ key of a server extension (like wsgi.file_wrapper): relay(status, fields) sends a
+# member's header block on unchanged instead of start_response(status, headers)
+RELAY = "geproxy.relay"
+
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
     "proxy-authorization", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 ))
 
 # Request headers the proxy sets itself: the body is re-framed with its own
-# Content-Length, Expect was already answered by the server, XFF is rebuilt.
+# Content-Length, Expect was already answered by the handler, XFF is rebuilt.
 _REQUEST_OWN = frozenset(("content-length", "expect", "x-forwarded-for"))
-
-
 _REQUEST_DROP = HOP_BY_HOP | _REQUEST_OWN
-
-# environ key -> (header name, lower-case name); the set of names clients send
-# is small, so the conversion is done once per name, not once per request.
-_NAMES = {}
-_NAMES_MAX = 4096
-
-
-def _header_name(key):
-    names = _NAMES.get(key)
-    if names is None:
-        name = key[5:].replace("_", "-").title()
-        names = (name, name.lower())
-        if len(_NAMES) < _NAMES_MAX:
-            _NAMES[key] = names
-    return names
 
 
 def _connection_tokens(value):
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def _from_environ(environ):
+    """(name, value) pairs rebuilt from HTTP_* keys, for servers other than ours (WebTest)."""
+    out = [(key[5:].replace("_", "-").title(), value)
+           for key, value in environ.items() if key.startswith("HTTP_")]
+    if environ.get("CONTENT_TYPE"):
+        out.append(("Content-Type", environ["CONTENT_TYPE"]))
+    return out
+
+
 def request_headers(environ):
-    """Headers to send upstream, as a list of (name, value), from a WSGI environ."""
+    """Headers to send upstream, as a list of (name, value), in the order received.
+
+    Our handler puts the received list in the environ (``RAW_HEADERS``), so
+    names keep their spelling and repeated headers stay apart; other servers
+    get theirs rebuilt from the CGI keys.
+    """
+    raw = environ.get(RAW_HEADERS)
+    if raw is None:
+        raw = _from_environ(environ)
     drop = _REQUEST_DROP
     connection = environ.get("HTTP_CONNECTION")
     if connection:
         drop = drop | _connection_tokens(connection)
     out = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            name, lower = _header_name(key)
-            if lower not in drop:
-                out.append((name, value))
-    content_type = environ.get("CONTENT_TYPE")
-    if content_type and "content-type" not in drop:
-        out.append(("Content-Type", content_type))
+    prior = None
+    for name, value in raw:
+        lower = header_name(name)[0]
+        if lower in drop:
+            if lower == "x-forwarded-for":
+                prior = value if prior is None else prior + ", " + value
+            continue
+        out.append((name, value))
     client = environ.get("REMOTE_ADDR")
-    prior = environ.get("HTTP_X_FORWARDED_FOR")
     if client:
         out.append(("X-Forwarded-For", prior + ", " + client if prior else client))
     elif prior:
@@ -76,7 +82,7 @@ def response_headers(headers):
 def request_target(environ):
     """The request target to forward, byte-exact, always in origin form.
 
-    pywsgi percent-decodes PATH_INFO (so ``%2F`` would become ``/``); the server
+    PATH_INFO is percent-decoded (so ``%2F`` would become ``/``); the handler
     keeps the raw target in RAW_URI.  An absolute-form target
     (``GET http://host/x``) is reduced to its path: the proxy forwards to a
     member, never to the host named in the request.

@@ -25,14 +25,12 @@ from urllib.parse import urlsplit
 import gevent
 import requests
 
+from geproxy.errors import MembersError
+
 log = logging.getLogger("geproxy.membership")
 
 MEMBERS_TIMEOUT = 10.0  # seconds for a whole /members answer, as etcd 3.x
 FAST_RETRY = 1.0  # seconds between tries while no endpoint is known (etcd PR #3819)
-
-
-class MembersError(Exception):
-    """No peer URL gave a usable member list."""
 
 
 def fetch_members(session, peer_url, dial_timeout):

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from geproxy.errors import SettingError, UsageError
+
 PROG = "gevent-etcdproxy"
 ENV_PREFIX = "ETCD_"
-
-
-class SettingError(ValueError):
-    """A value that cannot be used; the message says why, without the flag name."""
 
 
 # --- value parsers: text in, value out, SettingError on bad input -----------------
@@ -54,12 +52,16 @@ def parse_count(text):
     return int(value)
 
 
+GO_TRUE = frozenset(("1", "t", "T", "true", "TRUE", "True"))  # Go's strconv.ParseBool
+GO_FALSE = frozenset(("0", "f", "F", "false", "FALSE", "False"))
+
+
 def parse_bool(text):
     """Go's strconv.ParseBool spellings."""
     value = text.strip()
-    if value in ("1", "t", "T", "true", "TRUE", "True"):
+    if value in GO_TRUE:
         return True
-    if value in ("0", "f", "F", "false", "FALSE", "False"):
+    if value in GO_FALSE:
         return False
     raise SettingError("must be true or false")
 
@@ -81,7 +83,7 @@ def choice(*values, aliases=None):
     return parse
 
 
-TRANSPORTS = ("geventhttpclient", "requests")
+TRANSPORTS = ("native", "requests")
 BALANCES = ("least-connections", "first")
 parse_transport = choice(*TRANSPORTS)
 parse_balance = choice(*BALANCES)
@@ -251,9 +253,9 @@ SETTINGS = (
             "Milliseconds to wait for a member's response headers on non-watch requests; "
             "after it the member is marked failed, GET and HEAD go to the next member and "
             "other methods get 504. Watches are exempt. 0 means no limit."),
-    Setting("proxy-transport", parse_transport, "geventhttpclient",
-            "Upstream HTTP client: 'geventhttpclient' (its connection pool and C parser, "
-            "the fastest) or 'requests' (a requests.Session per member)."),
+    Setting("proxy-transport", parse_transport, "native",
+            "Upstream HTTP client: 'native' (geproxy's own keep-alive HTTP/1.1 client, the "
+            "fastest) or 'requests' (a requests.Session per member)."),
     Setting("proxy-balance", parse_balance, "least-connections",
             "'least-connections' binds each new client connection to the available member "
             "with the fewest bound connections (its requests stay there while that member "
@@ -268,6 +270,10 @@ SETTINGS = (
     Setting("proxy-client-idle-timeout", parse_ms, "300000",
             "Milliseconds a keep-alive client connection may sit idle between requests "
             "before it is closed; connections waiting on a watch are exempt. 0 means never."),
+    Setting("proxy-client-header-timeout", parse_ms, "10000",
+            "Milliseconds a client has to finish a request head once it started one, and "
+            "for each read of a request body; past it the connection is closed (slow or "
+            "stalled clients). 0 means no limit."),
     Setting("proxy-max-connections", parse_count, "0",
             "Most client connections per process; new ones beyond it are shed quickly. "
             "0 means limited only by open files (the soft limit is raised to the hard one)."),
@@ -337,10 +343,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
-
-
-class UsageError(Exception):
-    """Bad command line or environment: one line for the user, exit status 2."""
 
 
 def _build_parser():

@@ -7,8 +7,8 @@ rather than a hand-written pre-fork because it already does the parts that
 are easy to get wrong: reaping and respawning workers, a heartbeat that
 replaces a hung worker, TERM = graceful / INT = quick shutdown, HUP to
 restart workers, TTIN/TTOU to change their number.  It measured the same as a
-hand-written pre-fork (notes 3.1: 32.6k vs 32.7k req/s with 2 workers), so
-it costs nothing.  Its config files and GUNICORN_CMD_ARGS are not read: the
+hand-written pre-fork (32.6k vs 32.7k req/s with 2 workers, hello-world app),
+so it costs nothing.  Its config files and GUNICORN_CMD_ARGS are not read: the
 settings come from our flags and environment only.
 
 This module is imported only by ``cli.main``, after ``monkey.patch_all()``:
@@ -16,9 +16,9 @@ gunicorn imports ssl, and patching after that import warns and can misbehave
 (gevent#1016, gunicorn#2796).  The worker's own ``patch_all()`` after the
 fork then finds everything patched and is silent.
 
-Each worker builds its own app after the fork (member list, refresh greenlet,
-upstream pools: no greenlet or socket crosses a fork) and serves with the
-same handler and server behaviour as a single process (see ``server``).
+Each worker builds its own app after the fork (``wiring.build``: member list,
+refresh greenlet, upstream pools; no greenlet or socket crosses a fork) and
+serves with the same server and handler classes as a single process.
 Differences: each worker has its own member list and failure marks, and
 ``--proxy-max-connections`` counts per worker and listener.
 """
@@ -26,7 +26,6 @@ Differences: each worker has its own member list and failure marks, and
 import logging
 import os
 import random
-import sys
 import time
 
 import gevent
@@ -34,11 +33,15 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
-from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
 from geproxy import settings as settings_mod
-from geproxy.server import (Gate, ProxyHandler, _ErrorLog, _WSGIServer, listen_address,
-                            raise_open_files_limit)
+from geproxy import wiring
+from geproxy.admission import Gate
+from geproxy.handler import ProxyHandler
+from geproxy.listeners import listen_address, raise_open_files_limit
+from geproxy.logs import fatal
+from geproxy.server import PyWSGIServer
 
 log = logging.getLogger("geproxy.workers")
 
@@ -48,59 +51,20 @@ START_JITTER = 1.0  # seconds: workers read the member list at different times
 READY_WAIT = 2.0  # seconds a new worker waits for its first member list before serving
 
 
-class WorkerHandler(ProxyHandler, PyWSGIHandler):
-    """Our handler (NODELAY, RAW_URI, client socket and Binding in the environ,
-    framing checks, idle timeout) with gunicorn's ``gunicorn.sock`` added.
-
-    While the worker drains, a connection waiting for its next request is
-    closed instead of holding the shutdown for the graceful timeout.
-    """
-
-    def read_requestline(self):
-        server = self.server
-        if server.draining:
-            return ""  # pywsgi closes the connection on an empty request line
-        current = gevent.getcurrent()
-        server.idle.add(current)
-        try:
-            return super().read_requestline()
-        finally:
-            server.idle.discard(current)
-
-    def log_request(self):
-        """No access log, as in a single process (gunicorn's would format one per request)."""
-
-
-class WorkerServer(_WSGIServer):
-    """Our server (connection cap, shedding when out of files, idle timeout) plus drain()."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.idle = set()  # greenlets of connections waiting for a next request
-        self.draining = False
-
-    def drain(self):
-        """Stop accepting and close the idle keep-alive connections; requests in flight go on."""
-        self.draining = True
-        self.close()
-        for greenlet in list(self.idle):
-            greenlet.kill(block=False)
-
-
 class ProxyWorker(GeventPyWSGIWorker):
-    """gunicorn's gevent pywsgi worker, serving through WorkerServer and WorkerHandler."""
+    """gunicorn's gevent pywsgi worker, serving through our server and handler classes."""
 
-    wsgi_handler = WorkerHandler
+    wsgi_handler = ProxyHandler
 
     def server_class(self, listener, application, spawn, handler_class, environ, log=None,
                      **ssl_args):
         """Called by gunicorn's run() once per listener; its ``log`` (access log) is dropped."""
         settings = self.app.settings
-        server = WorkerServer(
+        server = PyWSGIServer(
             listener, application, spawn=spawn, handler_class=handler_class,
-            environ=environ, log=None, error_log=_ErrorLog(),
-            gate=Gate(spawn, settings.proxy_max_connections),
-            idle_timeout=settings.proxy_client_idle_timeout / 1000.0, **ssl_args)
+            environ=environ, gate=Gate(spawn, settings.proxy_max_connections),
+            idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
+            header_timeout=wiring.seconds(settings.proxy_client_header_timeout), **ssl_args)
         self.servers.append(server)
         return server
 
@@ -137,9 +101,7 @@ def _fatal(exc):
     main greenlet, and this exit status makes the arbiter halt instead of
     respawning the worker.
     """
-    log.error("%s", exc)
-    sys.stderr.write("%s: %s\n" % (settings_mod.PROG, exc))
-    sys.exit(Arbiter.WORKER_BOOT_ERROR)
+    fatal(str(exc), Arbiter.WORKER_BOOT_ERROR)
 
 
 def load_worker_app(settings):
@@ -151,15 +113,13 @@ def load_worker_app(settings):
     still answers 503 while its siblings serve.  Until then the kernel queues
     new connections for the other workers.
     """
-    from geproxy.cli import build_app
-
-    app, membership, _transport = build_app(settings, on_fatal=_fatal)
+    parts = wiring.build(settings, on_fatal=_fatal)
     gevent.sleep(random.uniform(0, START_JITTER))
-    membership.start()
+    parts.start()
     deadline = time.monotonic() + READY_WAIT
-    while membership.last_refresh is None and time.monotonic() < deadline:
+    while parts.membership.last_refresh is None and time.monotonic() < deadline:
         gevent.sleep(0.02)
-    return app
+    return parts.app
 
 
 class ProxyApplication(BaseApplication):

@@ -35,7 +35,7 @@ def cluster():
         yield c
 
 
-@pytest.fixture(scope="session", params=["geventhttpclient", "requests"])
+@pytest.fixture(scope="session", params=["native", "requests"])
 def proxy(cluster, tmp_path_factory, request):
     """A readwrite proxy process in front of the session cluster, once per transport."""
     p = ProxyProcess(cluster.initial_cluster, args=["--proxy-transport", request.param],

@@ -66,7 +66,7 @@ class Proxy:
         return [ep.url for ep in self.endpoints.available()]
 
 
-@pytest.fixture(params=["geventhttpclient", "requests"])
+@pytest.fixture(params=["native", "requests"])
 def proxy(request):
     """Factory: proxy(*members, readonly=False, max_body=...) -> Proxy; once per transport."""
     made = []

@@ -27,7 +27,7 @@ import requests
 from gevent.pywsgi import WSGIServer
 
 from geproxy import discovery
-from geproxy.bootstrap import BootstrapError
+from geproxy.errors import BootstrapError
 from geproxy.localcluster import (LocalCluster, ProxyProcess, default_base_dir, etcd_env,
                                   spawn, wait_proc, free_port)
 

@@ -1,0 +1,142 @@
+"""geproxy.admission: which new client connections are served, and how the rest are shed.
+
+New connections are shed quickly, never queued and never a crash.  Over
+``--proxy-max-connections`` (counted over all listeners of the process) a new
+connection is accepted, told ``503`` with ``Connection: close`` and closed (a
+bounded linger lets the client read it).  gevent's own behaviour would differ
+in both cases: with a full ``Pool(n)`` it stops accepting, so new clients hang
+in the backlog; on EMFILE/ENFILE it prints a traceback and pauses accepting
+(up to 1 s), again leaving clients in the backlog.  Here, on EMFILE/ENFILE one
+spare descriptor kept for the purpose is released, the waiting connections
+are accepted and closed at once (the clients see a reset right away and can
+try another proxy), and the spare is taken back; serving resumes as soon as
+connections close.
+"""
+
+import logging
+import os
+import socket
+
+import gevent
+from gevent.monkey import get_original
+
+from geproxy.errors import error_answer
+from geproxy.logs import Every
+
+log = logging.getLogger("geproxy.admission")
+
+SHED_LINGER = 1.0  # seconds a shed connection may take to read its 503
+MAX_LINGERING = 1024  # shed connections lingering at once; further ones are just closed
+SHED_BATCH = 128  # connections shed per wake-up when out of files
+PAUSE_NO_FILES = 0.1  # seconds accepting pauses when not even the spare helps
+WARN_EVERY = 10.0  # seconds between two warnings about shedding
+
+
+def _shed_response():
+    status, headers, body = error_answer("503 Service Unavailable",
+                                         "httpproxy: too many client connections", close=True)
+    head = "".join("%s: %s\r\n" % pair for pair in headers)
+    return ("HTTP/1.1 %s\r\n%s\r\n" % (status, head)).encode("latin-1") + body
+
+
+SHED_RESPONSE = _shed_response()
+
+
+# gevent's patched os.close defers closing a socket or device to the next loop
+# turn; the spare must be free at once for the accept() right after it.
+_close_now = get_original("os", "close")
+
+
+def _open_spare():
+    """A descriptor held in reserve, released to accept-and-close when out of files."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class Gate:
+    """Admission shared by one process's listeners: the connection cap and the spare fd.
+
+    ``pool`` holds one greenlet per served connection, so its length is the
+    number of open client connections; ``max_connections`` 0 means no cap.
+    """
+
+    def __init__(self, pool, max_connections=0):
+        self.pool = pool
+        self.max_connections = max_connections or 0
+        self.lingering = 0
+        self.shed_total = 0
+        self._spare = _open_spare()
+        self._warn_every = Every(log, interval=WARN_EVERY)
+
+    def full(self):
+        return bool(self.max_connections) and len(self.pool) >= self.max_connections
+
+    def _warn(self, reason):
+        self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",
+                         reason, len(self.pool), self.shed_total)
+
+    def shed(self, sock):
+        """Over the cap: a 503 with Connection: close, then close (bounded linger)."""
+        self.shed_total += 1
+        self._warn("at most %d allowed (--proxy-max-connections)" % self.max_connections)
+        if self.lingering >= MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering += 1
+        gevent.spawn(self._answer_busy, sock)
+
+    def _answer_busy(self, sock):
+        try:
+            with gevent.Timeout(SHED_LINGER, False):
+                sock.sendall(SHED_RESPONSE)
+                sock.shutdown(socket.SHUT_WR)
+                # Read until the client closes: closing with its request unread
+                # would send a reset, which can destroy the 503 before it is read.
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.lingering -= 1
+            sock.close()
+
+    def out_of_files(self, server, exc):
+        """accept() failed with EMFILE/ENFILE: shed what waits, never spin.
+
+        Linux reports EMFILE before it looks at the backlog, so this also
+        runs when nobody waits; then there is nothing to do.
+        """
+        shed, stuck = 0, self._spare is None
+        if not stuck:
+            _close_now(self._spare)
+            self._spare = None
+            for _ in range(SHED_BATCH):
+                try:
+                    fd, _address = server.socket._accept()
+                except BlockingIOError:  # nobody (else) waits
+                    break
+                except OSError:  # the freed descriptor went elsewhere (ENFILE)
+                    stuck = True
+                    break
+                _close_now(fd)  # never watched by the loop, so closing it at once is safe
+                shed += 1
+            self._spare = _open_spare()
+        if shed or stuck:
+            self.shed_total += shed
+            self._warn("out of file descriptors (%s)" % (exc.strerror or exc))
+        if stuck:  # nothing could be done: pause, as gevent would, but quietly
+            server.stop_accepting()
+            server._timer = server.loop.timer(PAUSE_NO_FILES)
+            server._timer.start(server._start_accepting_if_started)
+
+    def closed(self):
+        """A connection ended: take the spare back if it was lost."""
+        if self._spare is None:
+            self._spare = _open_spare()
+
+    def close(self):
+        if self._spare is not None:
+            _close_now(self._spare)
+            self._spare = None

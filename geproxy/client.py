@@ -1,0 +1,422 @@
+"""geproxy.client: our own HTTP/1.1 client toward the members (the ``native`` transport).
+
+Why not a library: every HTTP client measured here costs more CPU per
+request than the whole rest of the proxy (geventhttpclient calls back into
+Python once per header; requests/urllib3 several times more), and each would
+do things a proxy must not: retry a write on a fresh connection after a send
+error (geventhttpclient, up to pool size + 1 times), add a User-Agent, re-quote
+the target.  This client does only what forwarding needs:
+
+* one keep-alive pool per member: no limit on connections in use (a watch
+  holds one as long as it waits), at most ``max_idle`` kept idle, newest
+  reused first;
+* the request line, headers and body in one send, the target byte-exact;
+* a strict response-head parse (``http11.parse_response``); bodies by
+  Content-Length, chunked (``stream()`` yields chunk by chunk as they
+  arrive) or read to close; 1xx heads skipped;
+* a connection goes back to the pool only after its response was read to the
+  end; any other one is closed;
+* timeouts: ``dial_timeout`` for the connect, ``write_timeout`` per send,
+  ``read_timeout`` per read (0 = none, so quiet watches are not cut), and per
+  request a ``head_timeout`` for the status line and headers.
+
+Stale pooled connections: a member may close an idle connection just as a
+request is written to it.  If a reused connection fails before any byte of
+the answer arrived, a GET or HEAD is sent again on a fresh connection to the
+same member; any other method may already have been applied, so it is never
+sent again (``UpstreamError``, the app answers 502).  To make that rare,
+a connection idle for longer than ``CHECK_AFTER`` seconds, or about to carry a
+write, is checked with one non-blocking peek before it is used.
+
+Overload: the head timeout is measured from when the request was written; a
+timeout that fires while the proxy's own event loop was lagging (``lag``) is
+not the member's fault, so the wait goes on instead of failing the member.
+"""
+
+import errno
+import socket
+import time
+from urllib.parse import urlsplit
+
+from gevent import socket as gsocket
+
+from geproxy import http11, sockio
+from geproxy.errors import (BadRequest, BadResponse, ConnectError, MemberTimeout,
+                            OutOfFiles, UpstreamError)
+from geproxy.headers import HOP_BY_HOP, response_headers
+
+MAX_IDLE = 1024  # idle connections kept per member
+CHECK_AFTER = 1.0  # seconds idle after which a pooled connection is peeked before reuse
+RESPONSE_HEAD_MAX = 1 << 20
+MAX_CHUNK_LINE = 8 << 10  # bytes of a chunk-size or trailer line
+SAFE_TO_REPEAT = frozenset(("GET", "HEAD"))
+LAG_EXTENSIONS = 10  # times a head timeout may be extended while the proxy itself lags
+
+_NO_BODY = frozenset((204, 304))
+
+
+def request_head(method, target, headers, host, body):
+    """The request line and headers as bytes: Host (the member's) only when none was
+    given, Content-Length when a body comes without one; values cannot start a line."""
+    lines = [method, " ", target, " HTTP/1.1"]
+    has_host = has_length = False
+    for name, value in headers:
+        lower = http11.header_name(name)[0]
+        if lower == "host":
+            has_host = True
+        elif lower == "content-length":
+            has_length = True
+        if "\n" in value or "\r" in value:
+            value = " ".join(value.splitlines())
+        lines += "\r\n", name, ": ", value
+    if not has_host:
+        lines += "\r\nHost: ", host
+    if body and not has_length:
+        lines += "\r\nContent-Length: ", str(len(body))
+    lines.append("\r\n\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def connect_error(base_url, exc):
+    """The ConnectError for a failed connect: OutOfFiles when the proxy lacked a descriptor."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfFiles("%s: %s" % (base_url, exc))
+    return ConnectError("%s: %s" % (base_url, exc))
+
+
+class _Stale(Exception):
+    """A reused connection failed before any byte of the answer (internal to request())."""
+
+
+class Pool:
+    """The connections to one member: idle ones, newest last, with when they went idle."""
+
+    __slots__ = ("base_url", "host", "address", "tls_context", "server_hostname", "idle",
+                 "max_idle", "open", "dial_timeout")
+
+    def __init__(self, base_url, dial_timeout, tls_context=None, max_idle=MAX_IDLE):
+        parts = urlsplit(base_url)
+        https = parts.scheme == "https"
+        self.base_url = base_url
+        self.host = parts.netloc
+        self.address = (parts.hostname, parts.port or (443 if https else 80))
+        self.tls_context = tls_context if https else None
+        self.server_hostname = parts.hostname
+        self.dial_timeout = dial_timeout
+        self.idle = []  # [(wire, idle since)]
+        self.max_idle = max_idle
+        self.open = 0  # connections open to this member, idle or in use
+
+    def connect(self):
+        """A new connection, as a Wire; ConnectError (nothing was sent) on failure."""
+        try:
+            sock = gsocket.create_connection(self.address, timeout=self.dial_timeout)
+        except OSError as exc:  # refused, unreachable, dial timeout, DNS, EMFILE
+            raise connect_error(self.base_url, exc) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_context is not None:
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.server_hostname)
+            sock.settimeout(None)
+        except OSError as exc:  # TLS handshake failed: nothing of the request was sent
+            sock.close()
+            raise ConnectError("%s: TLS: %s" % (self.base_url, exc)) from None
+        self.open += 1
+        return sockio.wire(sock)
+
+    def get(self, check):
+        """(wire, reused): an idle connection (peeked first if ``check`` or idle long), or a new one."""
+        idle = self.idle
+        while idle:
+            wire, since = idle.pop()
+            if (check or time.monotonic() - since > CHECK_AFTER) and wire.ready() is not None:
+                self.discard(wire)  # closed by the member, or bytes out of step
+                continue
+            return wire, True
+        return self.connect(), False
+
+    def put(self, wire):
+        if len(self.idle) < self.max_idle:
+            self.idle.append((wire, time.monotonic()))
+        else:
+            self.discard(wire)
+
+    def discard(self, wire):
+        self.open -= 1
+        try:
+            wire.close()
+        except OSError:
+            pass
+
+    def close(self):
+        idle, self.idle = self.idle, []
+        for wire, _since in idle:
+            self.discard(wire)
+
+
+class Response:
+    """A member's answer after its head: ``status``, ``reason``, ``headers``, then the body.
+
+    ``streaming`` is True when the body's length is unknown (chunked or read
+    to close): the app then passes it on piece by piece.  ``read()`` returns
+    the whole body; ``stream()`` yields it as it arrives; ``close()`` returns
+    the connection to the pool only if the body was read completely.
+    """
+
+    __slots__ = ("status", "status_text", "raw_fields", "streaming", "relayable", "_head",
+                 "_pool", "_wire", "_buf", "_read_timeout", "_done")
+
+    def __init__(self, pool, wire, head, raw_fields, buf, read_timeout, no_body):
+        self._pool = pool
+        self._wire = wire
+        self._head = head
+        self._buf = buf
+        self._read_timeout = read_timeout
+        self.status = head.status
+        self.status_text = head.status_text
+        self.raw_fields = raw_fields
+        self._done = no_body or head.length == 0
+        self.streaming = not self._done and head.length is None
+        # the member's own header block can go to the client unchanged when it
+        # holds no hop-by-hop field and frames the body by length (or there is none)
+        self.relayable = not head.flagged and not self.streaming
+
+    @property
+    def reason(self):
+        return self._head.reason
+
+    @property
+    def headers(self):
+        return self._head.headers
+
+    def forward_headers(self):
+        """The headers to pass on: the member's list itself unless it holds hop-by-hop ones."""
+        head = self._head
+        return response_headers(head.headers) if head.flagged else head.headers
+
+    def _recv(self):
+        try:
+            data = self._wire.recv(self._read_timeout)
+        except OSError as exc:
+            raise UpstreamError("reading body from %s: %s" % (self._pool.base_url, exc)) from None
+        if not data:
+            raise BadResponse("%s closed the connection in the middle of a body"
+                              % self._pool.base_url)
+        return data
+
+    def read(self):
+        """The whole body; the connection goes back to the pool (or is closed)."""
+        try:
+            if self._done:
+                return b""
+            if self._head.length is not None:
+                return self._by_length()
+            return b"".join(self._pieces())
+        finally:
+            self.close()
+
+    def stream(self):
+        """The body piece by piece, each chunk as soon as it arrived."""
+        try:
+            if not self._done:
+                if self._head.length is not None:
+                    yield self._by_length()
+                else:
+                    yield from self._pieces()
+        finally:
+            self.close()
+
+    def _by_length(self):
+        length = self._head.length
+        buf = self._buf
+        if len(buf) < length:
+            pieces = [buf]
+            size = len(buf)
+            while size < length:
+                data = self._recv()
+                pieces.append(data)
+                size += len(data)
+            buf = b"".join(pieces)
+        body, self._buf = buf[:length], buf[length:]
+        self._done = True
+        return body
+
+    def _pieces(self):
+        """A body of unknown length: chunked, or up to the end of the connection."""
+        if not self._head.chunked:
+            if self._buf:
+                yield self._buf
+                self._buf = b""
+            while True:
+                try:
+                    data = self._wire.recv(self._read_timeout)
+                except OSError as exc:
+                    raise UpstreamError("reading body from %s: %s"
+                                        % (self._pool.base_url, exc)) from None
+                if not data:
+                    break
+                yield data
+            self._head.close = True
+            self._done = True
+            return
+        while True:
+            size = self._chunk_size()
+            if size == 0:
+                while self._line():  # trailer fields, up to the empty line: dropped
+                    pass
+                self._done = True
+                return
+            while size:  # pass each piece of the chunk on as it arrives
+                if not self._buf:
+                    self._buf = self._recv()
+                piece = self._buf[:size]
+                self._buf = self._buf[len(piece):]
+                size -= len(piece)
+                yield piece
+            while len(self._buf) < 2:
+                self._buf += self._recv()
+            if self._buf[:2] != b"\r\n":
+                raise BadResponse("%s: chunk data not followed by CRLF" % self._pool.base_url)
+            self._buf = self._buf[2:]
+
+    def _line(self):
+        end = self._buf.find(b"\r\n")
+        while end < 0:
+            if len(self._buf) > MAX_CHUNK_LINE:
+                raise BadResponse("%s: chunk-size or trailer line too long"
+                                  % self._pool.base_url)
+            self._buf += self._recv()
+            end = self._buf.find(b"\r\n")
+        line, self._buf = self._buf[:end], self._buf[end + 2:]
+        return line
+
+    def _chunk_size(self):
+        try:
+            return http11.chunk_size(self._line().decode("latin-1"))
+        except BadRequest as exc:
+            raise BadResponse("%s: %s" % (self._pool.base_url, exc)) from None
+
+    def close(self):
+        wire, self._wire = self._wire, None
+        if wire is None:
+            return
+        if self._done and not self._head.close and not self._buf:
+            self._pool.put(wire)
+        else:
+            self._pool.discard(wire)
+
+
+class NativeTransport:
+    """Our HTTP/1.1 client behind the transport seam (see ``upstream``)."""
+
+    name = "native"
+
+    def __init__(self, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0,
+                 tls_context=None, lag=None, max_idle=MAX_IDLE):
+        self.dial_timeout = dial_timeout or None
+        self.write_timeout = write_timeout or None
+        self.read_timeout = read_timeout or None
+        self.tls_context = tls_context
+        self.lag = lag
+        self.max_idle = max_idle
+        self.pools = {}
+
+    def pool(self, base_url):
+        pool = self.pools.get(base_url)
+        if pool is None:
+            pool = self.pools[base_url] = Pool(base_url, self.dial_timeout, self.tls_context,
+                                               self.max_idle)
+        return pool
+
+    def request(self, base_url, method, target, headers, body, head_timeout=None):
+        """Send one request; the Response once its head arrived.
+
+        ConnectError if nothing was sent, MemberTimeout if the head did not
+        come within ``head_timeout`` seconds (None: no limit), UpstreamError
+        for any other failure.
+        """
+        pool = self.pools.get(base_url) or self.pool(base_url)
+        data = request_head(method, target, headers, pool.host, body)
+        if body:
+            data += body
+        repeatable = method in SAFE_TO_REPEAT
+        wire, reused = pool.get(check=not repeatable)
+        try:
+            return self._exchange(pool, wire, data, method, head_timeout, reused)
+        except _Stale as exc:
+            if not repeatable:
+                raise UpstreamError("%s: pooled connection failed (%s); not sent again"
+                                    % (base_url, exc.__cause__ or exc)) from None
+        wire, _ = pool.connect(), False
+        try:
+            return self._exchange(pool, wire, data, method, head_timeout, False)
+        except _Stale as exc:  # cannot happen on a fresh connection; be safe anyway
+            raise UpstreamError("%s: %s" % (base_url, exc)) from None
+
+    def _exchange(self, pool, wire, data, method, head_timeout, reused):
+        """Write the request and read the head on ``wire``; it is closed on any failure."""
+        ok = False
+        try:
+            try:
+                wire.send_all(data, self.write_timeout)
+            except OSError as exc:
+                if reused and not isinstance(exc, TimeoutError):
+                    raise _Stale("send: %s" % exc) from exc
+                raise UpstreamError("sending to %s: %s" % (pool.base_url, exc)) from None
+            head, raw_fields, buf = self._read_head(pool, wire, head_timeout, reused)
+            ok = True
+            no_body = method == "HEAD" or head.status in _NO_BODY
+            return Response(pool, wire, head, raw_fields, buf, self.read_timeout, no_body)
+        finally:
+            if not ok:
+                pool.discard(wire)
+
+    def _read_head(self, pool, wire, head_timeout, reused):
+        """(parsed head, its header block as bytes, bytes after it), skipping 1xx heads."""
+        buf = b""
+        timeout = head_timeout
+        if self.read_timeout is not None and (timeout is None or self.read_timeout < timeout):
+            timeout = self.read_timeout
+        written = time.monotonic()
+        extended = 0
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = http11.parse_response(buf[:end].decode("latin-1"), HOP_BY_HOP)
+                line_end = buf.find(b"\r\n", 0, end)
+                raw_fields = buf[line_end + 2:end] if line_end >= 0 else b""
+                buf = buf[end + 4:]
+                if 100 <= head.status < 200:
+                    if head.status == 101:
+                        raise BadResponse("%s switched protocols" % pool.base_url)
+                    continue  # an interim answer: the real one follows
+                return head, raw_fields, buf
+            if len(buf) > RESPONSE_HEAD_MAX:
+                raise BadResponse("%s sent a response head over %d bytes"
+                                  % (pool.base_url, RESPONSE_HEAD_MAX))
+            try:
+                data = wire.recv_wait(timeout) if not buf else wire.recv(timeout)
+            except TimeoutError:
+                if self._lagged(written) and extended < LAG_EXTENSIONS:
+                    extended += 1  # our own loop was late, not the member: wait on
+                    continue
+                raise MemberTimeout("no answer within %d ms" % (timeout * 1000)) from None
+            except OSError as exc:
+                if reused and not buf:
+                    raise _Stale("read: %s" % exc) from exc
+                raise UpstreamError("reading from %s: %s" % (pool.base_url, exc)) from None
+            if not data:
+                if reused and not buf:
+                    raise _Stale("closed by the member")
+                raise BadResponse("%s closed the connection before a complete answer"
+                                  % pool.base_url)
+            buf += data
+
+    def _lagged(self, since):
+        return self.lag is not None and self.lag.lagged_since(since)
+
+    def close(self):
+        """Close the idle pooled connections (ones in use close when released)."""
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()

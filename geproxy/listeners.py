@@ -1,0 +1,70 @@
+"""geproxy.listeners: the listening sockets, made once with the options a proxy needs.
+
+* TCP_NODELAY on the listener (Linux copies it to accepted sockets; the
+  handler sets it again for listeners made elsewhere): a response written in
+  more than one send would otherwise wait ~40 ms for a delayed ACK
+  (gevent#1233).
+* SO_REUSEADDR, a large backlog (bursts of new connections are queued by the
+  kernel, not refused).
+* The soft open-files limit is raised to the hard one: every client
+  connection is a descriptor, and each watch that is not shared another.
+"""
+
+import logging
+import socket
+from urllib.parse import urlsplit
+
+log = logging.getLogger("geproxy.listeners")
+
+BACKLOG = 2048
+
+
+def raise_open_files_limit():
+    """Lift the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) now in force.
+
+    Each client connection costs a descriptor, and each watch that is not
+    shared another one upstream.  An unlimited hard limit is taken as the
+    kernel's per-process ceiling (/proc/sys/fs/nr_open).
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
+
+
+def listen_address(url):
+    """('host', port) from an http://host:port listen URL."""
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def make_listener(host, port, backlog=BACKLOG):
+    """A bound, listening TCP socket with SO_REUSEADDR and TCP_NODELAY."""
+    family, kind, proto, _name, addr = socket.getaddrinfo(
+        host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,79 @@
+"""geproxy.wiring: the parts of one serving process, put together in data-flow order.
+
+flags and env (settings) -> where the first peers come from (bootstrap,
+datadir) -> the member list and its refresh (membership) -> endpoint choice
+(endpoints) -> forwarding (app, upstream) -> the wire (server, handler).
+Both the single process (cli) and each worker process (workers) call
+``build``; nothing runs until ``Parts.start()``.
+"""
+
+from geproxy.app import ProxyApp
+from geproxy.bootstrap import Bootstrap
+from geproxy.datadir import ClusterFile
+from geproxy.endpoints import EndpointSet
+from geproxy.lag import LoopLag
+from geproxy.listeners import listen_address
+from geproxy.membership import Membership, SelfAddresses
+from geproxy.upstream import make_transport
+
+
+def seconds(ms):
+    """A millisecond flag value in seconds (0 stays 0: "no limit")."""
+    return ms / 1000.0
+
+
+class Parts:
+    """One process's app and the pieces behind it that run or need closing."""
+
+    def __init__(self, app, membership, transport, lag):
+        self.app = app
+        self.membership = membership
+        self.transport = transport
+        self.lag = lag
+
+    def start(self):
+        self.lag.start()
+        return self.membership.start()
+
+    def stop(self):
+        self.membership.stop()
+        self.lag.stop()
+
+    def close(self):
+        self.transport.close()
+
+
+def build(settings, on_fatal=None):
+    """The WSGI app and its background parts for ``settings``."""
+    cluster_file = ClusterFile(settings.data_dir_path)
+    endpoints = EndpointSet(failure_wait=seconds(settings.proxy_failure_wait),
+                            balance=settings.proxy_balance)
+    bootstrap = Bootstrap(settings, cluster_file)
+    membership = Membership(
+        bootstrap, endpoints,
+        refresh_interval=seconds(settings.proxy_refresh_interval),
+        dial_timeout=seconds(settings.proxy_dial_timeout),
+        cluster_file=cluster_file,
+        self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls),
+        on_fatal=on_fatal)
+    lag = LoopLag()
+    transport = make_transport(settings.proxy_transport,
+                               dial_timeout=seconds(settings.proxy_dial_timeout),
+                               write_timeout=seconds(settings.proxy_write_timeout),
+                               read_timeout=seconds(settings.proxy_read_timeout),
+                               lag=lag)
+
+    def status():
+        """Membership's fields; while discovery waits, its progress is the state."""
+        doc = membership.status()
+        if bootstrap.waiting:
+            doc["waiting"] = bootstrap.waiting
+        return doc
+
+    app = ProxyApp(endpoints, transport, readonly=settings.readonly,
+                   max_body=settings.proxy_max_request_bytes,
+                   header_timeout=seconds(settings.proxy_header_timeout),
+                   status=status,
+                   waiting=lambda: bootstrap.waiting,
+                   coalesce_watches=settings.proxy_coalesce_watches)
+    return Parts(app, membership, transport, lag)
