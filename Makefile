@@ -29,7 +29,7 @@ etcd:
 	fi
 
 run: venv etcd
-	$(PY) -m geproxy.localcluster
+	$(PY) -m geproxy.testing
 
 test: venv etcd
 	$(PY) -m pytest $(PYTEST_ARGS)

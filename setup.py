@@ -14,7 +14,6 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "gevent>=23.9",
-        "geventhttpclient>=2.0",
         "requests>=2.28",
         "urllib3>=2",
         "prometheus-client>=0.17",

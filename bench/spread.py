@@ -27,51 +27,26 @@ import sys
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
 
-import gevent  # noqa: E402
-from gevent import socket as gsocket  # noqa: E402
-from gevent.event import Event  # noqa: E402
+import harness  # first of bench/'s modules: it makes geproxy importable
+from harness import log
+from proxies import GoProxy, pick_matrix, proxy_args, start_ours
+from rawhttp import read_response
+from stats import jain, max_min
+from tables import table
+from target import Target
 
-import common  # noqa: E402
-from common import log  # noqa: E402
+from geproxy.listeners import raise_open_files_limit
+from geproxy.testing.procfs import established
 
 TARGET_TOLERANCE = 3.0  # percentage points around 100/n
 TARGET_JAIN = 0.98
 
 
 # --- the load -----------------------------------------------------------------------
-
-
-def read_response(sock, buf):
-    """One HTTP/1.1 response with Content-Length; returns (status, leftover bytes)."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        data = sock.recv(65536)
-        if not data:
-            raise EOFError("connection closed by the proxy")
-        buf += data
-    head, buf = buf[:end], buf[end + 4:]
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(None, 2)[1])
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            raise ValueError("chunked response; this client reads Content-Length only")
-    if length is None:
-        raise ValueError("response without Content-Length")
-    while len(buf) < length:
-        data = sock.recv(65536)
-        if not data:
-            raise EOFError("connection closed mid-body")
-        buf += data
-    return status, buf[length:]
 
 
 def run_load(url, pid, ports, connections, requests, path, timeout):
@@ -122,7 +97,7 @@ def run_load(url, pid, ports, connections, requests, path, timeout):
 
     def sampler():
         while not release.is_set():
-            now = common.established(pid, ports)
+            now = established(pid, ports)
             for i, n in enumerate(now):
                 peak[i] = max(peak[i], n)
             gevent.sleep(0.2)
@@ -139,7 +114,7 @@ def run_load(url, pid, ports, connections, requests, path, timeout):
             raise RuntimeError("only %d of %d connections finished within %ss"
                                % (state["done"], connections, timeout))
         seconds = time.monotonic() - t0
-        end = common.established(pid, ports)
+        end = established(pid, ports)
         release.set()
         watcher.join(timeout=5)
     finally:
@@ -180,20 +155,19 @@ def shares(xs):
 def configs(args, initial_cluster):
     """(label, kind, start()) for every row, in table order."""
     out = []
-    matrix = common.pick_matrix(args.transports, args.workers)
+    matrix = pick_matrix(args.transports, args.workers)
     for transport, workers in matrix:
         out.append(("ours %s w%d" % (transport, workers), "ours",
-                    lambda t=transport, w=workers: common.start_ours(
-                        initial_cluster, common.proxy_args(t, w), len(args.member_ports))))
+                    lambda t=transport, w=workers: start_ours(
+                        initial_cluster, proxy_args(t, w), len(args.member_ports))))
     if not args.no_first:
         transport = matrix[0][0]
         out.append(("ours %s w1 --proxy-balance first" % transport, "ours-first",
-                    lambda: common.start_ours(initial_cluster,
-                                              common.proxy_args(transport, 1, "first"),
-                                              len(args.member_ports))))
+                    lambda: start_ours(initial_cluster, proxy_args(transport, 1, "first"),
+                                       len(args.member_ports))))
     if args.compare_go:
         out.append(("go (etcd --proxy on)", "go",
-                    lambda: common.GoProxy(initial_cluster, etcd_bin=args.etcd_bin).start(
+                    lambda: GoProxy(initial_cluster, etcd_bin=args.etcd_bin).start(
                         endpoints=len(args.member_ports))))
     return out
 
@@ -206,7 +180,7 @@ def verdict(res, n):
         return ""
     s = shares(res["requests"])
     even = all(abs(x - 100.0 / n) <= TARGET_TOLERANCE for x in s)
-    return "ok" if even and common.jain(res["requests"]) >= TARGET_JAIN else "MISS"
+    return "ok" if even and jain(res["requests"]) >= TARGET_JAIN else "MISS"
 
 
 def report(results, target):
@@ -218,18 +192,18 @@ def report(results, target):
     rows = []
     for r in results:
         s = shares(r["requests"])
-        mm = common.max_min(r["requests"])
+        mm = max_min(r["requests"])
         rows.append(
             [r["label"]]
             + ["%.1f %% (%d)" % (x, c) for x, c in zip(s, r["requests"])]
             + ["inf" if mm == float("inf") else "%.2f" % mm,
-               "%.3f" % common.jain(r["requests"]),
+               "%.3f" % jain(r["requests"]),
                " / ".join("%d (%d)" % (e, p) for e, p in zip(r["conns_end"], r["conns_peak"])),
-               "%.3f" % common.jain(r["conns_end"]),
+               "%.3f" % jain(r["conns_end"]),
                "%d/%d" % (r["statuses"].get(200, 0), r["sent"]),
                "%.0f" % (r["sent"] / r["seconds"]) if r["seconds"] else "",
                verdict(r, n)])
-    return common.table(headers, rows)
+    return table(headers, rows)
 
 
 def chart(results, target, path, connections, requests):
@@ -291,12 +265,12 @@ def parse_args(argv):
                     "are skipped while --workers has not landed)")
     ap.add_argument("--no-first", action="store_true",
                     help="skip the --proxy-balance first row")
-    ap.add_argument("--key", default=common.BENCH_KEY, help="key to GET (written first)")
+    ap.add_argument("--key", default=harness.BENCH_KEY, help="key to GET (written first)")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="bound in seconds for each phase of one run (default 120)")
-    ap.add_argument("--chart", default=os.path.join(common.OUT_DIR, "spread.png"),
+    ap.add_argument("--chart", default=os.path.join(harness.OUT_DIR, "spread.png"),
                     help="PNG to write (default bench/out/spread.png)")
-    ap.add_argument("--json", default=os.path.join(common.OUT_DIR, "spread.json"),
+    ap.add_argument("--json", default=os.path.join(harness.OUT_DIR, "spread.json"),
                     help="raw results (default bench/out/spread.json)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when one of our least-connections rows misses the target")
@@ -306,9 +280,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    common.stop_on_sigterm()
-    common.raise_nofile()
-    target = common.Target(args.members, args.initial_cluster)
+    harness.stop_on_sigterm()
+    raise_open_files_limit()  # K client sockets in this one process
+    target = Target(args.members, args.initial_cluster)
     results = []
     try:
         target.start()

@@ -29,11 +29,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from statistics import median
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # first of bench/'s modules: it makes geproxy importable
+from harness import log
+from load import ForeignLoad
+from proxies import GoProxy, pick_matrix, proxy_args, start_ours
+from tables import table
+from target import Target
 
-import common  # noqa: E402
-from common import log, median  # noqa: E402
+from geproxy.testing.procfs import cpu_seconds
 
 TARGET_RPS_RATIO = 0.8  # ours --workers 2 vs Go at 50 connections (stretch 1.0)
 TARGET_CPU_US = 70.0  # proxy CPU per GET, on the box where Go measured ~51 µs:
@@ -81,14 +86,20 @@ class Config:
         self.connections, self.transport, self.workers = connections, transport, workers
         self.runs = []
 
+    def values(self, key):
+        """This key's figures over the rounds, leaving out runs that have none."""
+        return [r[key] for r in self.runs if r.get(key) is not None]
+
+    def median(self, key):
+        xs = self.values(key)
+        return median(xs) if xs else None
+
     def summary(self):
-        def med(key):
-            return median([r[key] for r in self.runs])
-        cpu = [r["cpu_us"] for r in self.runs if r.get("cpu_us") is not None]
-        rps = [r["rps"] for r in self.runs if r["rps"] is not None]
-        return {"rps": med("rps"), "rps_min": min(rps) if rps else None,
-                "rps_max": max(rps) if rps else None, "p50": med("p50"), "p99": med("p99"),
-                "cpu_us": median(cpu) if cpu else None, "other": med("other_cores"),
+        rps = self.values("rps")
+        return {"rps": self.median("rps"), "rps_min": min(rps) if rps else None,
+                "rps_max": max(rps) if rps else None, "p50": self.median("p50"),
+                "p99": self.median("p99"), "cpu_us": self.median("cpu_us"),
+                "other": self.median("other_cores"),
                 "errors": sum(r["non2xx"] + r["socket_errors"] for r in self.runs)}
 
 
@@ -103,11 +114,12 @@ def run_wrk(args, url, connections, duration, path):
 
 def measure(args, cfg, path, duration=None):
     duration = duration or args.duration
-    before = common.cpu_seconds(cfg.pid) if cfg.pid else None
-    foreign = common.ForeignLoad()
+    before = cpu_seconds(cfg.pid, descendants=True) if cfg.pid else None
+    foreign = ForeignLoad()
     res = run_wrk(args, cfg.url, cfg.connections, duration, path)
     if before is not None and res["requests"]:
-        res["cpu_us"] = (common.cpu_seconds(cfg.pid) - before) * 1e6 / res["requests"]
+        res["cpu_us"] = ((cpu_seconds(cfg.pid, descendants=True) - before) * 1e6
+                         / res["requests"])
     res["other_cores"] = foreign.cores()
     return res
 
@@ -124,22 +136,14 @@ def start_all(args, target, procs):
     configs_c50.append(Config("direct (one member)", "direct", direct.client_url, None,
                               args.connections))
     configs_c1.append(Config("direct (one member)", "direct", direct.client_url, None, 1))
-    go = common.GoProxy(target.initial_cluster, etcd_bin=args.etcd_bin)
+    go = GoProxy(target.initial_cluster, etcd_bin=args.etcd_bin)
     procs.append(go)
     go.start(endpoints=n)
     log("go proxy pid %d on %s" % (go.pid, go.url))
     configs_c50.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, args.connections))
     configs_c1.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, 1))
-    floor = common.FloorProxy(direct.client_url)
-    procs.append(floor)
-    floor.start()
-    log("floor proxy pid %d on %s" % (floor.pid, floor.url))
-    configs_c50.append(Config("floor (pywsgi+ghc, 1 member)", "floor", floor.url, floor.pid,
-                              args.connections))
-    configs_c1.append(Config("floor (pywsgi+ghc, 1 member)", "floor", floor.url, floor.pid, 1))
-    for transport, workers in common.pick_matrix(args.transports, args.workers):
-        proxy = common.start_ours(target.initial_cluster,
-                                  common.proxy_args(transport, workers), n)
+    for transport, workers in pick_matrix(args.transports, args.workers):
+        proxy = start_ours(target.initial_cluster, proxy_args(transport, workers), n)
         procs.append(proxy)
         log("ours %s w%d pid %d on %s" % (transport, workers, proxy.pid, proxy.url))
         name = "ours %s w%d" % (transport, workers)
@@ -175,7 +179,7 @@ def report(configs):
                      _ratio(s["rps"], g.get("rps")),
                      _ratio(s["cpu_us"], g.get("cpu_us")) if c.kind != "direct" else "",
                      _ratio(s["p50"], g.get("p50")), s["errors"], _fmt(s["other"], "%.2f")])
-    return common.table(headers, rows)
+    return table(headers, rows)
 
 
 def verdicts(configs, connections):
@@ -217,8 +221,8 @@ def _frame_key(frame):
         path = path.split("site-packages/", 1)[1]
     elif re.search(r"/lib/python3\.\d+/", path):
         path = "stdlib/" + re.split(r"/lib/python3\.\d+/", path, 1)[1]
-    elif path.startswith(common.ROOT + "/"):
-        path = path[len(common.ROOT) + 1:]
+    elif path.startswith(harness.ROOT + "/"):
+        path = path[len(harness.ROOT) + 1:]
     return "%s (%s)" % (func, path)
 
 
@@ -248,8 +252,8 @@ def analyse_raw(path, top=25):
     out += ["", "Self time by file:"]
     out += ["  %5.1f %%  %s" % (100.0 * c / total, k) for k, c in files.most_common(top)]
     out += ["", "Inclusive time, geproxy and request-path functions:"]
-    wanted = ("geproxy/", "pywsgi.py", "geventhttpclient", "requests/", "urllib3/",
-              "feedparser", "http/client", "client.py", "response.py")
+    wanted = ("geproxy/", "pywsgi.py", "requests/", "urllib3/", "feedparser", "http/client",
+              "client.py", "response.py")
     incl = [(k, c) for k, c in incl_c.most_common() if any(w in k for w in wanted)]
     out += ["  %5.1f %%  %s" % (100.0 * c / total, k) for k, c in incl[:top * 2]]
     return "\n".join(out)
@@ -268,9 +272,9 @@ def profile(args, configs, path):
             args.profile, ", ".join(c.name for c in configs if c.kind == "ours")))
         return None
     cfg = cands[0]
-    os.makedirs(common.OUT_DIR, exist_ok=True)
-    svg = os.path.join(common.OUT_DIR, "profile.svg")
-    raw = os.path.join(common.OUT_DIR, "profile.txt")
+    os.makedirs(harness.OUT_DIR, exist_ok=True)
+    svg = os.path.join(harness.OUT_DIR, "profile.svg")
+    raw = os.path.join(harness.OUT_DIR, "profile.txt")
     d = args.profile_duration
     log("profile: %s (pid %d): wrk -c%d for %ds, py-spy record %ds svg then %ds raw"
         % (cfg.name, cfg.pid, cfg.connections, 2 * d + 3, d, d))
@@ -293,7 +297,7 @@ def profile(args, configs, path):
     res = parse_wrk(wrk_out)
     text = ("Profiled %s under wrk -c%d (%s req/s while sampled)\n\n%s"
             % (cfg.name, cfg.connections, _fmt(res["rps"], "%.0f"), text))
-    with open(os.path.join(common.OUT_DIR, "profile-top.txt"), "w") as f:
+    with open(os.path.join(harness.OUT_DIR, "profile-top.txt"), "w") as f:
         f.write(text + "\n")
     log("profile: %s, %s, bench/out/profile-top.txt" % (os.path.relpath(svg),
                                                         os.path.relpath(raw)))
@@ -310,8 +314,8 @@ def parse_args(argv):
     ap.add_argument("--connections", "-c", type=int, default=50, help="wrk -c (default 50)")
     ap.add_argument("--duration", "-d", type=int, default=5,
                     help="wrk -d in seconds (default 5)")
-    ap.add_argument("--transports", default="geventhttpclient,requests",
-                    help="our --proxy-transport values (default geventhttpclient,requests; "
+    ap.add_argument("--transports", default="native,requests",
+                    help="our --proxy-transport values (default native,requests; "
                     "ones this checkout lacks are skipped)")
     ap.add_argument("--workers", default="1,2", help="our --workers values (default 1,2)")
     ap.add_argument("--no-c1", action="store_true", help="skip the one-connection rows")
@@ -319,7 +323,7 @@ def parse_args(argv):
                     "(default: start a local 3-member etcd cluster); the first is 'direct'")
     ap.add_argument("--initial-cluster", help="name=peerURL,... for the proxies "
                     "(with --members)")
-    ap.add_argument("--key", default=common.BENCH_KEY, help="key to GET (written first)")
+    ap.add_argument("--key", default=harness.BENCH_KEY, help="key to GET (written first)")
     ap.add_argument("--profile", nargs="?", const="auto", default=None, metavar="CONFIG",
                     help="after the rounds, run py-spy on one of ours under wrk "
                     "(default: the first of ours) -> bench/out/profile.svg, profile.txt")
@@ -327,16 +331,16 @@ def parse_args(argv):
     ap.add_argument("--py-spy", default=None, help="py-spy binary (default: on PATH or venv)")
     ap.add_argument("--wrk", default="wrk")
     ap.add_argument("--etcd-bin", default="etcd")
-    ap.add_argument("--json", default=os.path.join(common.OUT_DIR, "throughput.json"))
+    ap.add_argument("--json", default=os.path.join(harness.OUT_DIR, "throughput.json"))
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    common.stop_on_sigterm()
+    harness.stop_on_sigterm()
     if not shutil.which(args.wrk):
         raise SystemExit("wrk not found: apt-get install -y wrk")
-    target = common.Target(args.members, args.initial_cluster)
+    target = Target(args.members, args.initial_cluster)
     procs, configs, prof = [], [], None
     path = "/v2/keys/" + args.key
     try:

@@ -35,22 +35,27 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
+import resource  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.parse  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import gevent  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 
-import common  # noqa: E402
-from geproxy.localcluster import settled_store_watchers, store_watchers  # noqa: E402
-from common import log  # noqa: E402
+import harness  # noqa: E402  (first of bench/'s modules: it makes geproxy importable)
+from harness import log  # noqa: E402
+from proxies import GoProxy, proxy_args, start_ours  # noqa: E402
+from rawhttp import read_body, read_head, read_response  # noqa: E402
+from stats import percentile  # noqa: E402
+from tables import table  # noqa: E402
+from target import Target  # noqa: E402
+
+from geproxy.listeners import raise_open_files_limit  # noqa: E402
+from geproxy.testing import settled_store_watchers, store_watchers  # noqa: E402
+from geproxy.testing.procfs import established, rss_bytes  # noqa: E402
 
 CONNECT_CONCURRENCY = 256  # watcher connections being opened at once
 PUT_CONNECTIONS = 16  # keep-alive connections the PUTs are spread over
@@ -95,55 +100,6 @@ class StampedSocket:
         return data
 
 
-def _read_head(sock, buf):
-    """(status, {name: value}, rest of the buffer) of one response."""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise EOFError("closed before the response headers")
-        buf += data
-    head, buf = buf.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split(None, 2)[1]), headers, buf
-
-
-def _read_body(sock, headers, buf):
-    """(body, rest of the buffer): Content-Length or chunked framing."""
-    def more():
-        data = sock.recv(65536)
-        if not data:
-            raise EOFError("closed mid-body")
-        return data
-
-    if b"content-length" in headers:
-        n = int(headers[b"content-length"])
-        while len(buf) < n:
-            buf += more()
-        return buf[:n], buf[n:]
-    if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
-        while True:  # until the server closes
-            try:
-                buf += more()
-            except EOFError:
-                return buf, b""
-    out = []
-    while True:
-        while b"\r\n" not in buf:
-            buf += more()
-        line, buf = buf.split(b"\r\n", 1)
-        size = int(line.split(b";")[0], 16)
-        while len(buf) < size + 2:
-            buf += more()
-        if size == 0:
-            return b"".join(out), buf[2:]
-        out.append(buf[:size])
-        buf = buf[size + 2:]
-
-
 class Watcher:
     __slots__ = ("key", "sock", "state", "status", "done_at", "error")
 
@@ -166,12 +122,12 @@ def run_watcher(w, host, port, gate, counts):
         w.state = "sent"
         counts["sent"] += 1
         stamped = StampedSocket(w.sock)
-        status, headers, buf = _read_head(stamped, b"")
+        status, headers, buf = read_head(stamped, b"")
         w.status = status
         if status == 200:
             w.state = "head"
             counts["head"] += 1
-        body, _ = _read_body(stamped, headers, buf)
+        body, _ = read_body(stamped, headers, buf)
         w.done_at = stamped.stamp
         event = json.loads(body) if status == 200 else None
         if event is None or event.get("node", {}).get("key") != "/" + w.key:
@@ -202,8 +158,7 @@ def put_all(member_url, keys, started):
                            % (key, parts.netloc, len(body))).encode() + body
                 started[key] = time.time()  # the clock of the receive timestamps
                 sock.sendall(request)
-                status, headers, buf = _read_head(sock, buf)
-                _body, buf = _read_body(sock, headers, buf)
+                status, buf = read_response(sock, buf)
                 if status not in (200, 201):
                     errors.append("PUT %s: %s" % (key, status))
         finally:
@@ -219,22 +174,7 @@ def put_all(member_url, keys, started):
 
 def rss_mb(pid):
     """VmRSS of pid and its live descendants (all worker processes), in MB."""
-    total = 0
-    for p in common.process_tree(pid):
-        try:
-            with open("/proc/%d/status" % p) as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024.0
-
-
-def percentile(sorted_xs, q):
-    if not sorted_xs:
-        return None
-    return sorted_xs[min(len(sorted_xs) - 1, int(round(q * (len(sorted_xs) - 1))))]
+    return rss_bytes(pid, descendants=True) / 2.0 ** 20
 
 
 # --- one run -----------------------------------------------------------------------------
@@ -277,7 +217,7 @@ def run(label, proxy, members, keys_of_watchers, clock, args):
         row["early"] = counts["done"] + counts["error"]  # answered before any PUT
         gevent.sleep(0.5)  # let the last joins land before sampling (a measurement pause)
         row["rss"] = rss_mb(proxy.pid)
-        row["upstream_conns"] = sum(common.established(proxy.pid, ports))
+        row["upstream_conns"] = sum(established(proxy.pid, ports))
         row["member_watchers"] = store_watchers(members) - base
         log("  %s: established in %.1fs; rss %.0f MB, upstream connections %d, member "
             "watchers %d; PUT to %d keys" % (label, row["setup_s"], row["rss"],
@@ -328,7 +268,7 @@ def print_table(rows):
                      fmt(r.get("rss_idle")), fmt(r.get("rss")), fmt(r.get("p50"), "%.1f"),
                      fmt(r.get("p99"), "%.1f"), fmt(r.get("max"), "%.1f"),
                      fmt(r.get("setup_s"), "%.1f")])
-    print(common.table(headers, body, ["l", "l"] + ["r"] * (len(headers) - 2)))
+    print(table(headers, body, ["l", "l"] + ["r"] * (len(headers) - 2)))
     sys.stdout.flush()
 
 
@@ -350,10 +290,6 @@ def scenarios(args):
     return out
 
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt()
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--watchers", type=int, default=10000, help="N watcher connections")
@@ -373,21 +309,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     clock = Clock(args.deadline)
-    common.raise_nofile()
-    import resource
+    raise_open_files_limit()  # N watcher sockets in this one process
     log("bench process: open files limit %d" % resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    signal.signal(signal.SIGTERM, _stop)
+    harness.stop_on_sigterm()
     rows = []
-    target = common.Target(size=3)
+    target = Target(size=3)
     proxy = None
     try:
         target.start()
         members = target.members
         for scenario, keys_of_watchers, extra in scenarios(args):
-            starters = [("ours", lambda extra=extra: common.start_ours(
-                target.initial_cluster, common.proxy_args(workers=1) + extra, len(members)))]
+            starters = [("ours", lambda extra=extra: start_ours(
+                target.initial_cluster, proxy_args(workers=1) + extra, len(members)))]
             if args.compare_go:
-                starters.append(("go", lambda: common.GoProxy(
+                starters.append(("go", lambda: GoProxy(
                     target.initial_cluster, etcd_bin=args.etcd_bin).start(
                         endpoints=len(members))))
             for label, start in starters:

@@ -12,9 +12,9 @@ import os  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
-import requests  # noqa: E402
 
-from geproxy.localcluster import LocalCluster, ProxyProcess  # noqa: E402
+from geproxy.testing import LocalCluster, ProxyProcess  # noqa: E402
+from tests.helpers import session  # noqa: E402
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -74,8 +74,7 @@ def start_proxy(tmp_path):
 @pytest.fixture
 def http():
     """A requests session that ignores the environment (no proxies, no netrc)."""
-    s = requests.Session()
-    s.trust_env = False
+    s = session()
     yield s
     s.close()
 

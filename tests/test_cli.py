@@ -2,37 +2,16 @@
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from contextlib import contextmanager
 
 import pytest
 import requests
 
 from geproxy import __version__
+from geproxy.testing import free_port
+from tests.helpers import CLI, REPO, cli_env, poll, run_cli, session
 from tests.test_settings import BAD_INPUTS
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CMD = [sys.executable, "-m", "geproxy"]
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-    env.update(extra)
-    return env
-
-
-def run(args, timeout=20, **env):
-    return subprocess.run(CMD + list(args), cwd=REPO, env=clean_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -44,25 +23,19 @@ def proxy(*args, **env):
     """
     port, dead = free_port(), free_port()
     url = "http://127.0.0.1:%d" % port
-    argv = CMD + ["--listen-client-urls", url,
+    argv = CLI + ["--listen-client-urls", url,
                   "--initial-cluster", "x=http://127.0.0.1:%d" % dead,
                   "--proxy-refresh-interval", "200"] + list(args)
-    proc = subprocess.Popen(argv, cwd=REPO, env=clean_env(**env), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, cwd=REPO, env=cli_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    http = requests.Session()
-    http.trust_env = False
+    http = session()
+
+    def answers():
+        assert proc.poll() is None, "proxy exited early: %s" % (proc.communicate(),)
+        return http.get(url + "/v2/config/local/proxy", timeout=1).status_code == 200
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, "proxy exited early: %s" % (proc.communicate(),)
-            try:
-                r = http.get(url + "/v2/config/local/proxy", timeout=1)
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "proxy did not answer in time"
-            time.sleep(0.05)
+        poll(answers, timeout=15, errors=(requests.RequestException,), what="the proxy to answer")
         yield proc, url, http
     finally:
         http.close()
@@ -83,7 +56,7 @@ BAD = BAD_INPUTS + [(["--bogus-flag"], {}, "--bogus-flag")]
 
 @pytest.mark.parametrize("args,env,needle", BAD)
 def test_bad_input_exits_2_with_one_line(args, env, needle):
-    r = run(args, **env)
+    r = run_cli(args, **env)
     assert r.returncode == 2
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
@@ -93,12 +66,12 @@ def test_bad_input_exits_2_with_one_line(args, env, needle):
 
 
 def test_proxy_off_line_names_the_flag():
-    r = run(["--proxy", "off"])
+    r = run_cli(["--proxy", "off"])
     assert r.returncode == 2 and "--proxy" in r.stderr
 
 
 def test_version():
-    r = run(["--version"])
+    r = run_cli(["--version"])
     assert r.returncode == 0
     assert __version__ in r.stdout
     assert r.stderr == ""

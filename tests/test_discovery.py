@@ -7,14 +7,10 @@ come from a tiny in-process HTTP server; SRV records from a tiny in-process
 DNS server built with dnspython.  Everything listens on 127.0.0.1 only.
 """
 
+import functools
 import json
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import dns.message
@@ -23,41 +19,21 @@ import dns.rdatatype
 import dns.rrset
 import gevent
 import pytest
-import requests
 from gevent.pywsgi import WSGIServer
 
 from geproxy import discovery
 from geproxy.errors import BootstrapError
-from geproxy.localcluster import (LocalCluster, ProxyProcess, default_base_dir, etcd_env,
-                                  spawn, wait_proc, free_port)
+from geproxy.testing import LocalCluster, ProxyProcess, free_port
+from tests.helpers import TRANSIENT, poll, run_cli, session
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CMD = [sys.executable, "-m", "geproxy"]
 WAITING = "waiting for discovery: found %d of %d members"
+
+# poll() as these tests wait: errors while the thing is not up yet are retried, and
+# running out of time fails the test (every call names what it waits for).
+wait_for = functools.partial(poll, timeout=15.0, errors=TRANSIENT)
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-def poll(check, timeout=15.0, interval=0.05, what="condition"):
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, requests.RequestException, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    pytest.fail("timed out after %.0fs waiting for %s; last: %r" % (timeout, what, last))
-
-
-def session():
-    s = requests.Session()
-    s.trust_env = False
-    return s
 
 
 class Discovery:
@@ -112,52 +88,13 @@ def own_disc():
         c.close()
 
 
-class EtcdProcs:
-    """etcd processes started with ``--discovery``: members, or Go proxies when the
-    token is full (etcd's default --discovery-fallback=proxy).  Killed by pid."""
-
-    def __init__(self):
-        self.base_dir = default_base_dir()
-        self.procs = []
-        self.used = set()
-
-    def _url(self):
-        for _ in range(100):
-            port = free_port()
-            if port not in self.used:
-                self.used.add(port)
-                return "http://127.0.0.1:%d" % port
-        raise RuntimeError("no free port")
-
-    def start(self, name, discovery_url):
-        client, peer = self._url(), self._url()
-        log_path = os.path.join(self.base_dir, name + ".log")
-        cmd = ["etcd", "--name", name,
-               "--data-dir", os.path.join(self.base_dir, name + ".etcd"),
-               "--listen-client-urls", client, "--advertise-client-urls", client,
-               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-               "--discovery", discovery_url, "--enable-v2=true",
-               "--heartbeat-interval", "50", "--election-timeout", "500",
-               "--logger", "zap", "--log-outputs", log_path]
-        proc = spawn(cmd, log_path, env=etcd_env())
-        entry = {"name": name, "client_url": client, "peer_url": peer, "proc": proc,
-                 "log": log_path}
-        self.procs.append(entry)
-        return entry
-
-    def close(self):
-        for entry in self.procs:
-            if entry["proc"].poll() is None:
-                os.kill(entry["proc"].pid, signal.SIGKILL)
-            wait_proc(entry["proc"], timeout=10)
-        shutil.rmtree(self.base_dir, ignore_errors=True)
-
-
 @pytest.fixture
 def etcds():
-    procs = EtcdProcs()
-    yield procs
-    procs.close()
+    """etcd processes started with ``--discovery`` (LocalCluster.discovery_member):
+    members, or Go proxies when the token is full. Killed by pid afterwards."""
+    c = LocalCluster(size=0)
+    yield c
+    c.close()
 
 
 def healthy(client_url, http):
@@ -168,7 +105,7 @@ def healthy(client_url, http):
 def client_urls_of_members(client_url, http):
     """The cluster's own view: client URLs of its members (from /v2/members)."""
     r = http.get(client_url + "/v2/members", timeout=2)
-    if r.status_code != 200:  # ValueError: poll() tries again
+    if r.status_code != 200:  # ValueError: wait_for() tries again
         raise ValueError("/v2/members: %d %s" % (r.status_code, r.text))
     return sorted(u for m in r.json()["members"] for u in m["clientURLs"])
 
@@ -205,12 +142,8 @@ def put_get_through(p, http, member_url):
 def run_proxy(args, tmp_path, timeout=30):
     """Run the proxy to its exit; (returncode, stdout, stderr, data dir)."""
     data_dir = str(tmp_path / "data")
-    argv = CMD + ["--listen-client-urls", "http://127.0.0.1:%d" % free_port(),
-                  "--data-dir", data_dir] + list(args)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-    env["PYTHONPATH"] = REPO
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = run_cli(["--listen-client-urls", "http://127.0.0.1:%d" % free_port(),
+                    "--data-dir", data_dir] + list(args), timeout=timeout)
     return done.returncode, done.stdout, done.stderr, data_dir
 
 
@@ -245,30 +178,30 @@ def test_proxy_waits_for_members_then_forwards(disc, etcds, tmp_path):
     p = discovery_proxy(token, tmp_path)
     try:
         p.start(endpoints=0)  # listening at once, before any member registered
-        poll(lambda: waiting_message(p, http) == "httpproxy: " + WAITING % (0, 3),
-             what="503 with the waiting message")
+        wait_for(lambda: waiting_message(p, http) == "httpproxy: " + WAITING % (0, 3),
+                 what="503 with the waiting message")
         doc = config(p, http)
         assert doc["endpoints"] == []
         assert doc["waiting"] == WAITING % (0, 3)
 
-        first = etcds.start("d0", token)
-        poll(lambda: waiting_message(p, http) == "httpproxy: " + WAITING % (1, 3),
-             what="the proxy to see the first registration")
+        first = etcds.discovery_member("d0", token)
+        wait_for(lambda: waiting_message(p, http) == "httpproxy: " + WAITING % (1, 3),
+                 what="the proxy to see the first registration")
         assert config(p, http)["waiting"] == WAITING % (1, 3)
-        others = [etcds.start("d%d" % i, token) for i in (1, 2)]
+        others = [etcds.discovery_member("d%d" % i, token) for i in (1, 2)]
         members = [first] + others
 
         eps = p.wait_endpoints(3, timeout=30)
-        expected = sorted(m["client_url"] for m in members)
+        expected = sorted(m.client_url for m in members)
         assert sorted(eps) == expected
-        assert client_urls_of_members(first["client_url"], http) == expected
+        assert client_urls_of_members(first.client_url, http) == expected
         doc = config(p, http)
         assert sorted(doc["endpoints"]) == expected and "waiting" not in doc
-        put_get_through(p, http, others[1]["client_url"])
+        put_get_through(p, http, others[1].client_url)
         # the proxy never registered itself: exactly the three members are there
         assert len(disc.registrations(token)) == 3
         with open(os.path.join(p.data_dir, "proxy", "cluster")) as f:
-            assert sorted(json.load(f)["PeerURLs"]) == sorted(m["peer_url"] for m in members)
+            assert sorted(json.load(f)["PeerURLs"]) == sorted(m.peer_url for m in members)
     finally:
         p.stop()
         http.close()
@@ -279,31 +212,31 @@ def test_proxy_waits_for_members_then_forwards(disc, etcds, tmp_path):
 def test_surplus_etcd_falls_back_and_is_not_listed(disc, etcds, tmp_path):
     http = session()
     token = disc.token(size=3)
-    procs = [etcds.start("f%d" % i, token) for i in range(4)]
+    procs = [etcds.discovery_member("f%d" % i, token) for i in range(4)]
     # One of them finds the token full: before registering (etcd checks first)
     # or after, as the fourth by creation order; it becomes a Go proxy.
 
     def three_members():
         for e in procs:
-            if healthy(e["client_url"], http):  # the Go proxy answers /health too
-                urls = client_urls_of_members(e["client_url"], http)
+            if healthy(e.client_url, http):  # the Go proxy answers /health too
+                urls = client_urls_of_members(e.client_url, http)
                 return urls if len(urls) == 3 else None
         return None
 
-    member_clients = poll(three_members, timeout=30,
-                          what="the three members to publish their client URLs")
-    (fallback,) = [e for e in procs if e["client_url"] not in member_clients]
+    member_clients = wait_for(three_members, timeout=30,
+                              what="the three members to publish their client URLs")
+    (fallback,) = [e for e in procs if e.client_url not in member_clients]
     # etcd's Go proxy answers its own config endpoint: it is a proxy, not a member
-    poll(lambda: http.get(fallback["client_url"] + "/v2/config/local/proxy",
-                          timeout=1).status_code == 200, timeout=20,
-         what="the surplus etcd to serve as a proxy")
-    assert os.path.isdir(os.path.join(etcds.base_dir, fallback["name"] + ".etcd", "proxy"))
+    wait_for(lambda: http.get(fallback.client_url + "/v2/config/local/proxy",
+                              timeout=1).status_code == 200, timeout=20,
+             what="the surplus etcd to serve as a proxy")
+    assert os.path.isdir(os.path.join(etcds.base_dir, fallback.name + ".etcd", "proxy"))
 
     p = discovery_proxy(token, tmp_path)
     try:
         eps = p.start(endpoints=3).wait_endpoints(3)
         assert sorted(eps) == member_clients
-        assert fallback["client_url"] not in eps
+        assert fallback.client_url not in eps
         put_get_through(p, http, member_clients[0])
     finally:
         p.stop()
@@ -327,8 +260,8 @@ def test_unreachable_service_is_retried_until_it_appears(own_disc, cluster, tmp_
     p = discovery_proxy(token, tmp_path)
     try:
         p.start(endpoints=0)
-        poll(lambda: p.tail(200).count("discovery service unreachable") >= 2,
-             what="two logged retries")
+        wait_for(lambda: p.tail(200).count("discovery service unreachable") >= 2,
+                 what="two logged retries")
         assert "retrying in 1.0s" in p.tail(200) and "retrying in 2.0s" in p.tail(200)
         assert "cannot reach the discovery service" in waiting_message(p, http)
         assert not os.path.exists(os.path.join(p.data_dir, "proxy"))
@@ -550,12 +483,12 @@ def test_only_existing_registrations_count(disc):
     client = CountingClient(token, progress=seen.append)
     job = gevent.spawn(client.discover)
     try:
-        poll(lambda: client.watches == 1, what="the first watch")
+        wait_for(lambda: client.watches == 1, what="the first watch")
         assert seen == [WAITING % (1, 2)]
         disc.put(token + "/k1", "a=http://127.0.0.1:1001")  # "set" on the same key
-        poll(lambda: client.watches == 2, what="a watch after the update")
+        wait_for(lambda: client.watches == 2, what="a watch after the update")
         disc.delete(token + "/k1")
-        poll(lambda: client.watches == 3, what="a watch after the delete")
+        wait_for(lambda: client.watches == 3, what="a watch after the delete")
         assert not job.ready()
         assert seen[-1] == WAITING % (0, 2)
         disc.put(token + "/k2", "b=http://127.0.0.1:1002")

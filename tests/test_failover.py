@@ -7,16 +7,14 @@ timers, so the behaviour shows within seconds.
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 
 import gevent
 import pytest
 import requests
 
-from geproxy.localcluster import LocalCluster, ProxyProcess, free_port
-from tests.helpers import poll, sessions
+from geproxy.testing import LocalCluster, ProxyProcess, free_port
+from tests.helpers import poll, run_cli, sessions
 
 FAST = ["--proxy-failure-wait", "1000", "--proxy-refresh-interval", "1000",
         "--proxy-header-timeout", "1000"]
@@ -35,9 +33,9 @@ def bound_clients(cluster, proxy, key, first_write):
     clients[0].put(proxy.url + key, data=first_write)
     bound = []
     for client in clients:
-        before = [m.metric('etcd_http_received_total{method="GET"}') for m in cluster.members]
+        before = [m.metric("etcd_http_received_total", method="GET") for m in cluster.members]
         client.get(proxy.url + key)
-        after = [m.metric('etcd_http_received_total{method="GET"}') for m in cluster.members]
+        after = [m.metric("etcd_http_received_total", method="GET") for m in cluster.members]
         bound.append([i for i, (a, b) in enumerate(zip(before, after)) if b > a][0])
     return clients, bound
 
@@ -261,30 +259,20 @@ def test_cluster_file_written_private_and_used_on_restart(fresh_cluster, tmp_pat
         again.stop()
 
 
-def run_proxy_briefly(args, timeout=15):
-    """Run the proxy CLI expecting it to exit by itself; (code, stdout, stderr)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-    out = subprocess.run([sys.executable, "-m", "geproxy", *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=timeout)
-    return out.returncode, out.stdout, out.stderr
-
-
 def test_garbage_cluster_file_exits_1_with_path(tmp_path):
     (tmp_path / "proxy").mkdir()
     (tmp_path / "proxy" / "cluster").write_text("garbage")
-    code, _out, err = run_proxy_briefly(
-        ["--data-dir", str(tmp_path), "--listen-client-urls",
-         "http://127.0.0.1:%d" % free_port()])
-    assert code == 1
-    lines = err.strip().splitlines()
+    done = run_cli(["--data-dir", str(tmp_path), "--listen-client-urls",
+                    "http://127.0.0.1:%d" % free_port()], timeout=15)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "proxy" / "cluster") in lines[0]
 
 
 def test_member_data_dir_is_refused(tmp_path):
     (tmp_path / "member").mkdir()
-    code, _out, err = run_proxy_briefly(
-        ["--data-dir", str(tmp_path), "--listen-client-urls",
-         "http://127.0.0.1:%d" % free_port()])
-    assert code == 1
-    assert "belongs to an etcd member" in err and len(err.strip().splitlines()) == 1
+    done = run_cli(["--data-dir", str(tmp_path), "--listen-client-urls",
+                    "http://127.0.0.1:%d" % free_port()], timeout=15)
+    assert done.returncode == 1
+    err = done.stderr.strip()
+    assert "belongs to an etcd member" in err and len(err.splitlines()) == 1

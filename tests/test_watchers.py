@@ -14,7 +14,8 @@ import gevent
 import pytest
 from gevent.pool import Pool
 
-from geproxy.localcluster import ProxyProcess
+from geproxy.testing import ProxyProcess
+from geproxy.testing.procfs import cpu_seconds
 from tests.helpers import poll, settled_watchers, watchers
 
 STATUS_WAIT = 10.0  # seconds any single read from the proxy may take
@@ -313,12 +314,6 @@ class NofileProxy(ProxyProcess):
 
     def command(self):
         return [sys.executable, "-c", _EXEC_WITH_NOFILE, str(self.nofile)] + super().command()
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
 
 
 def test_out_of_files_sheds_quickly_without_spinning_and_recovers(cluster, tmp_path):

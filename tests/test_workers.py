@@ -11,75 +11,16 @@ import time
 
 import pytest
 
+from geproxy.testing.procfs import children, gone, socket_inode, socket_inodes
+from tests.helpers import poll
+
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
-
-
-def poll(check, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def _stat(pid):
-    """(state, ppid) of a process, or None once it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def children(pid):
-    """Pids of the live (not zombie) child processes of ``pid``."""
-    kids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _stat(int(name))
-            if stat is not None and stat[1] == pid and stat[0] != "Z":
-                kids.append(int(name))
-    return sorted(kids)
-
-
-def gone(pid):
-    stat = _stat(pid)
-    return stat is None or stat[0] == "Z"
-
-
-def _socket_inodes(pid):
-    inodes = set()
-    fd_dir = "/proc/%d/fd" % pid
-    for fd in os.listdir(fd_dir):
-        try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def _server_side_inode(server_port, client_port):
-    """Inode of the proxy's end of the loopback connection from ``client_port``."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for row in f:
-                fields = row.split()
-                local, remote = fields[1], fields[2]
-                if (int(local.rsplit(":", 1)[1], 16) == server_port
-                        and int(remote.rsplit(":", 1)[1], 16) == client_port):
-                    return int(fields[9])
-    return None
 
 
 def serving_worker(proxy, conn, workers):
     """The worker pid holding the server side of this client connection."""
-    inode = _server_side_inode(proxy.port, conn.sock.getsockname()[1])
-    owners = [pid for pid in workers if inode in _socket_inodes(pid)]
+    inode = socket_inode(proxy.port, conn.sock.getsockname()[1])
+    owners = [pid for pid in workers if inode in socket_inodes([pid])]
     return owners[0] if len(owners) == 1 else None
 
 
@@ -94,7 +35,7 @@ def workers_proxy(cluster, start_proxy):
 
 
 def test_two_workers_serve_writes_and_reads(http, workers_proxy, key):
-    assert poll(lambda: len(children(workers_proxy.pid)) == 2)
+    assert poll(lambda: len(children(workers_proxy.pid)) == 2, timeout=10)
     r = http.put(workers_proxy.url + key, data={"value": "shared"})
     assert r.status_code == 201
     for _ in range(40):  # a fresh connection each time: any worker may take it
@@ -110,7 +51,7 @@ def test_two_workers_serve_writes_and_reads(http, workers_proxy, key):
 
 def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_proxy):
     proxy = workers_proxy
-    assert poll(lambda: len(children(proxy.pid)) == 2)
+    assert poll(lambda: len(children(proxy.pid)) == 2, timeout=10)
     workers = children(proxy.pid)
     seen, held = set(), []
     try:

@@ -1,4 +1,4 @@
-"""The etcd test harness itself: if it is wrong, every other test lies.
+"""geproxy.testing, the harness itself: if it is wrong, every other test lies.
 
 Each test builds its own small cluster (about 0.3 s to start on tmpfs)
 rather than using the shared session cluster, because these tests kill,
@@ -6,30 +6,21 @@ pause and reconfigure members.
 """
 
 import os
+import time
 
 import pytest
-import requests
 
-from geproxy.localcluster import (LocalCluster, Member, ProxyProcess,
-                                  _parse_prometheus, free_port)
+from geproxy.testing import (LocalCluster, Member, ProxyProcess, free_port, metric_value,
+                             parse_metrics)
+from geproxy.testing.procfs import cpu_seconds, gone
+from tests.helpers import session
 
 
 @pytest.fixture
 def s():
-    session = requests.Session()
-    session.trust_env = False  # never route loopback through an env proxy
-    yield session
-    session.close()
-
-
-def gone(pid):
-    """True when no process with this pid exists (close() reaps, so there
-    is not even a zombie left)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    http = session()
+    yield http
+    http.close()
 
 
 def put(s, url, key, value):
@@ -68,7 +59,7 @@ def test_cluster_lifecycle_kill_restart_close(s):
 
         m = c.members[0]
         assert m.metric("etcd_debugging_store_watchers") == 0.0
-        assert m.metric("etcd_http_received_total{method=\"PUT\"}") >= 1
+        assert m.metric("etcd_http_received_total", method="PUT") >= 1
         assert m.metric("no_such_metric", default=-1.0) == -1.0
     assert all(gone(p) for p in pids)
     assert not os.path.exists(base_dir)
@@ -117,23 +108,43 @@ def test_start_failure_reports_member_output(tmp_path):
     assert all(gone(m.pid) for m in c.members)
 
 
-def test_parse_prometheus_keeps_labels_as_printed():
-    text = ('# HELP x y\n# TYPE x counter\n'
-            'etcd_debugging_store_watchers 3\n'
-            'etcd_http_received_total{method="GET"} 12\n'
-            'go_info{version="go 1.19"} 1\n'
-            'weird NaN\n')
-    got = _parse_prometheus(text)
-    assert got["etcd_debugging_store_watchers"] == 3.0
-    assert got['etcd_http_received_total{method="GET"}'] == 12.0
-    assert got['go_info{version="go 1.19"}'] == 1.0
-    assert got["weird"] != got["weird"]  # NaN
+def test_metric_values_by_name_and_labels():
+    samples = parse_metrics(
+        '# HELP etcd_http_received_total y\n# TYPE etcd_http_received_total counter\n'
+        'etcd_debugging_store_watchers 3\n'
+        'etcd_http_received_total{method="GET"} 12\n'
+        'etcd_http_received_total{method="PUT"} 5\n'
+        'go_info{version="go 1.19"} 1\n')
+    assert metric_value(samples, "etcd_debugging_store_watchers") == 3.0
+    assert metric_value(samples, "etcd_http_received_total", method="GET") == 12.0
+    assert metric_value(samples, "etcd_http_received_total") == 17.0  # over every method
+    assert metric_value(samples, "go_info", version="go 1.19") == 1.0
+    assert metric_value(samples, "etcd_http_received_total", -1.0, method="QGET") == -1.0
 
 
 def test_member_without_process_has_no_pid():
     m = Member("x", "http://127.0.0.1:1", "http://127.0.0.1:2",
                "/nonexistent", "/nonexistent.log")
-    assert m.pid is None and not m.alive
+    assert m.pid is None and not m.alive and m.returncode is None
+    assert m.stop() is None and m.kill() is None
+    with pytest.raises(RuntimeError):
+        m.pause()
+    # it advertises the URL it listens on unless told otherwise
+    cmd = m.command("etcd", "tok")
+    assert cmd[cmd.index("--advertise-client-urls") + 1] == "http://127.0.0.1:1"
+    assert "--discovery" not in cmd and cmd[cmd.index("--initial-cluster-token") + 1] == "tok"
+    m.discovery_url = "http://127.0.0.1:3/v2/keys/_etcd/registry/t"
+    cmd = m.command("etcd", "tok")
+    assert cmd[cmd.index("--discovery") + 1] == m.discovery_url
+    assert "--initial-cluster" not in cmd
+
+
+def test_cpu_seconds_uses_the_real_clock_tick():
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # bounded: 0.3 s of our own CPU
+        pass
+    times = os.times()
+    assert abs(cpu_seconds(os.getpid()) - (times.user + times.system)) < 0.1
 
 
 def test_proxy_process_start_and_stop_by_pid(s, tmp_path):

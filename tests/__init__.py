@@ -1,0 +1,1 @@
+"""geproxy's tests; a package so that test modules can import each other and tests.helpers."""
