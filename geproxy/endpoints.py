@@ -48,13 +48,17 @@ class EndpointSet:
         self._available = []  # cached until a mark expires or the list changes
         self._recheck_at = float("-inf")
 
-    def replace(self, urls):
-        """Take a new URL list (from a refresh), shuffle it, keep failure marks."""
+    def replace(self, urls, shuffle=True):
+        """Take a new URL list (from a refresh), shuffle it, keep failure marks.
+
+        ``shuffle=False`` keeps the given order (tests that need to know it).
+        """
         old = {ep.url: ep for ep in self._endpoints}
         fresh = []
         for url in dict.fromkeys(urls):  # de-duplicate, keep first occurrence
             fresh.append(old.get(url) or Endpoint(url))
-        self._rng.shuffle(fresh)
+        if shuffle:
+            self._rng.shuffle(fresh)
         self._endpoints = fresh
         self._recheck_at = float("-inf")
 

@@ -77,6 +77,12 @@ class BodyTooLarge(BadRequest):
     status = "413 Request Entity Too Large"
 
 
+class MethodNotAllowed(BadRequest):
+    """CONNECT: a proxy in front of etcd opens no tunnels."""
+
+    status = "405 Method Not Allowed"
+
+
 class ExpectationFailed(BadRequest):
     status = "417 Expectation Failed"
 

@@ -150,6 +150,8 @@ class ProxyHandler(pywsgi.WSGIHandler):
         relay = self.relay
         buf = b""
         while True:
+            if buf[:1] in b"\r\n":  # empty lines before a request line (RFC 9112 2.2)
+                buf = buf.lstrip(b"\r\n")
             end = buf.find(b"\r\n\r\n")
             try:
                 if end <= 0:
@@ -231,7 +233,7 @@ class ProxyHandler(pywsgi.WSGIHandler):
         timeout = server.header_timeout or None
         deadline = None if timeout is None else gevent.get_hub().loop.now() + timeout
         while True:
-            if buf[:2] == b"\r\n":  # empty lines before a request line (RFC 9112 2.2)
+            if buf[:1] in b"\r\n":  # empty lines before a request line (RFC 9112 2.2)
                 buf = buf.lstrip(b"\r\n")
             end = buf.find(b"\r\n\r\n")
             if end > 0:

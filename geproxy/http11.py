@@ -21,8 +21,8 @@ proxy replaces: any token as a method, identical repeated Content-Length).
 import re
 from urllib.parse import unquote_to_bytes
 
-from geproxy.errors import (BadRequest, BadResponse, ExpectationFailed, NotImplementedFraming,
-                            TargetTooLong, VersionNotSupported)
+from geproxy.errors import (BadRequest, BadResponse, ExpectationFailed, MethodNotAllowed,
+                            NotImplementedFraming, TargetTooLong, VersionNotSupported)
 
 MAX_HEAD = 1 << 20  # bytes of request line plus headers (Go's DefaultMaxHeaderBytes)
 MAX_TARGET = 64 << 10  # a longer request line gets 414
@@ -39,7 +39,8 @@ _STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9]\d\d)(?: ([\t\x20-\x7e\x80-\xff
 _DIGITS = re.compile(r"\d+")
 _VERSION = re.compile(r"HTTP/\d\.\d")
 _TOKEN = re.compile("[%s]+" % _TCHAR)
-_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]+")
+# absolute-form: scheme, "://", authority characters, then a path or query (llhttp's rules)
+_ABSOLUTE = re.compile(r"[A-Za-z]+://[A-Za-z0-9!$%&'()*+,\-.:;=@\[\]_~]*(?:[/?][\x21-\x7e]*)?")
 _CHUNK_SIZE = re.compile(r"([0-9A-Fa-f]{1,%d})[\t ]*(?:;[\t\x20-\x7e\x80-\xff]*)?"
                          % MAX_CHUNK_SIZE_DIGITS)
 
@@ -116,11 +117,13 @@ def parse_request(head):
     method, target, major, minor = match.groups()
     if major != "1" or minor not in "01":
         raise VersionNotSupported("HTTP/%s.%s is not supported" % (major, minor))
+    if method == "CONNECT":
+        raise MethodNotAllowed("CONNECT is not supported: this proxy opens no tunnels")
     if target[0] != "/":
         if target == "*":
             if method != "OPTIONS":
                 raise BadRequest("'*' is only a target for OPTIONS")
-        elif _ABSOLUTE.match(target) is None:
+        elif _ABSOLUTE.fullmatch(target) is None:
             raise BadRequest("request target must start with '/' or be an absolute URL")
     if block and FIELD_LINES.fullmatch(block) is None:
         raise BadRequest(_field_problem(block))
@@ -210,7 +213,7 @@ def _framing(req, lowered):
 def content_length(values, error):
     """One Content-Length from its field values: plain digits, repeats identical."""
     first = values[0]
-    if _DIGITS.fullmatch(first) is None or len(first) > 18:
+    if _DIGITS.fullmatch(first) is None or len(first) > 19 or int(first) >= 1 << 63:
         raise error("invalid Content-Length %r" % first[:40])
     for other in values[1:]:
         if other != first:

@@ -51,9 +51,7 @@ class Proxy:
     def __init__(self, members, readonly, max_body, transport):
         urls = [m.url for m in members]
         self.endpoints = EndpointSet(failure_wait=5.0)
-        self.endpoints.replace(urls)
-        # deterministic order: the order the members were given in
-        self.endpoints._endpoints.sort(key=lambda ep: urls.index(ep.url))
+        self.endpoints.replace(urls, shuffle=False)  # tried in the order given
         self.transport = TRANSPORTS[transport]()
         self.app = ProxyApp(self.endpoints, self.transport, readonly=readonly,
                             max_body=max_body)

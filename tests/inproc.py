@@ -1,0 +1,128 @@
+"""The whole proxy in this test process: our server, handler, app and client on real
+loopback sockets, in front of fake members, for wire tests that need exact control
+of what a member does (real etcd cannot drop a request, pause mid-body, close idle
+connections on cue)."""
+
+import socket
+from contextlib import contextmanager
+
+from geproxy.app import ProxyApp
+from geproxy.endpoints import EndpointSet
+from geproxy.server import ProxyServer
+from geproxy.upstream import make_transport
+
+READ_TIMEOUT = 10.0  # seconds any single read from the proxy may take in a test
+
+
+@contextmanager
+def proxy_stack(*member_urls, transport="native", idle_timeout=300.0, header_timeout=10.0,
+                member_head_timeout=5.0, readonly=False, **app_options):
+    """A started in-process proxy in front of ``member_urls`` (tried in the order given).
+
+    Yields (port, app); everything is stopped afterwards.
+    """
+    endpoints = EndpointSet(failure_wait=5.0, balance="first")
+    endpoints.replace(member_urls, shuffle=False)
+    upstream = make_transport(transport, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0)
+    app = ProxyApp(endpoints, upstream, readonly=readonly, header_timeout=member_head_timeout,
+                   **app_options)
+    server = ProxyServer(app, ["http://127.0.0.1:0"], idle_timeout=idle_timeout,
+                         header_timeout=header_timeout)
+    server.start()
+    try:
+        yield server.addresses[0][1], app
+    finally:
+        server.stop(timeout=1.0)
+        upstream.close()
+
+
+def connect(port, timeout=READ_TIMEOUT):
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def exchange(port, raw, half_close=True, timeout=READ_TIMEOUT):
+    """Send raw bytes on a new connection; everything the proxy sent until it closed."""
+    sock = connect(port, timeout)
+    try:
+        try:
+            sock.sendall(raw)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the proxy may refuse and close before everything was sent
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
+
+
+class Reader:
+    """Reads HTTP/1.1 responses one after another from a client socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the proxy closed the connection")
+        self.buf += data
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self._more()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def take(self, n):
+        while len(self.buf) < n:
+            self._more()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def head(self):
+        """(status, [(lower-case name, value)]) of the next response head."""
+        status = int(self.line().split(b" ", 2)[1])
+        headers = []
+        while True:
+            line = self.line()
+            if not line:
+                return status, headers
+            name, _, value = line.partition(b":")
+            headers.append((name.strip().lower().decode(), value.strip().decode()))
+
+    def chunk(self):
+        """One chunk's data of a chunked body (b"" for the last one)."""
+        size = int(self.line().split(b";")[0], 16)
+        data = self.take(size)
+        assert self.take(2) == b"\r\n"
+        return data
+
+    def response(self, method="GET"):
+        """(status, headers dict, body) of the next whole response."""
+        status, headers = self.head()
+        fields = dict(headers)
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return status, fields, b""
+        if fields.get("transfer-encoding") == "chunked":
+            pieces = []
+            while True:
+                piece = self.chunk()
+                if not piece:
+                    self.line()  # the empty line after the last chunk
+                    return status, fields, b"".join(pieces)
+                pieces.append(piece)
+        return status, fields, self.take(int(fields.get("content-length", "0")))

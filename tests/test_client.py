@@ -1,0 +1,103 @@
+"""The native client against a member that closes idle keep-alive connections.
+
+A member may close a pooled connection just as the proxy writes the next
+request to it.  Reads (GET) are then sent again on a fresh connection and never
+fail; writes may already have been applied, so they are never sent twice.
+"""
+
+import random
+
+import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from geproxy.client import NativeTransport
+from geproxy.errors import UpstreamError
+from tests.fakeupstream import BadRequest, Reply, read_request
+
+
+class IdleClosingMember:
+    """Answers requests and closes any connection idle for ``idle`` seconds.
+
+    Now and then it also reads a request on a connection that already served
+    one and closes without answering (``dropped``): to the proxy that looks
+    exactly like a pooled connection that went stale, but the member did see
+    the request, so sending a write again would apply it twice.
+    """
+
+    def __init__(self, idle, drop_rate=0.1):
+        self.idle = idle
+        self.drop_rate = drop_rate
+        self.rng = random.Random(11)
+        self.requests = []
+        self.closed_idle = 0
+        self.dropped = 0
+        self.server = StreamServer(("127.0.0.1", 0), self.handle)
+        self.server.start()
+        self.url = "http://127.0.0.1:%d" % self.server.address[1]
+
+    def handle(self, sock, _address):
+        rfile = sock.makefile("rb")
+        served = 0
+        try:
+            while True:
+                readable = gevent.select.select([sock], [], [], self.idle)[0]
+                if not readable:
+                    self.closed_idle += 1
+                    return
+                try:
+                    request = read_request(rfile)
+                except (BadRequest, OSError):
+                    return
+                if request is None:
+                    return
+                self.requests.append(request)
+                if served and self.rng.random() < self.drop_rate:
+                    self.dropped += 1
+                    return
+                served += 1
+                sock.sendall(Reply(body=request.target.encode()).encode(request.method))
+        finally:
+            rfile.close()
+            sock.close()
+
+    def close(self):
+        self.server.stop(timeout=1)
+
+
+def test_gets_never_fail_and_writes_are_never_sent_twice():
+    member = IdleClosingMember(idle=0.02)
+    transport = NativeTransport(dial_timeout=1.0, write_timeout=2.0, read_timeout=2.0)
+    rng = random.Random(7)
+    outcomes = []
+
+    def one(i):
+        gevent.sleep(rng.uniform(0, 0.04))  # pauses around the member's idle limit
+        method = rng.choice(("GET", "GET", "PUT", "POST"))
+        target = "/v2/keys/r%d" % i
+        body = b"value=%d" % i if method != "GET" else b""
+        headers = [("Host", "m")] + ([("Content-Length", str(len(body)))] if body else [])
+        try:
+            resp = transport.request(member.url, method, target, headers, body, 2.0)
+            outcomes.append((method, target, resp.status, resp.read()))
+        except UpstreamError as exc:
+            outcomes.append((method, target, None, str(exc)))
+
+    try:
+        pool = Pool(10)
+        for i in range(400):
+            pool.spawn(one, i)
+        pool.join(timeout=60, raise_error=True)
+    finally:
+        transport.close()
+        member.close()
+    assert len(outcomes) == 400
+    assert member.closed_idle >= 5 and member.dropped >= 5  # both races were really run
+    gets = [o for o in outcomes if o[0] == "GET"]
+    assert all(status == 200 and body == target.encode() for _m, target, status, body in gets), \
+        [o for o in gets if o[2] != 200][:5]
+    seen = [(r.method, r.target) for r in member.requests if r.method != "GET"]
+    assert len(seen) == len(set(seen))  # no write reached the member twice
+    for method, target, status, _ in outcomes:
+        if method != "GET" and status is None:  # a write that failed was seen at most once
+            assert seen.count((method, target)) <= 1
