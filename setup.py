@@ -13,7 +13,8 @@ setup(
     packages=find_packages(include=["geproxy", "geproxy.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "gevent>=23.9",
+        # geproxy.sockio uses gevent internals, checked by tests/test_sockio.py on these
+        "gevent>=26.9,<27",
         "requests>=2.28",
         "urllib3>=2",
         "prometheus-client>=0.17",

@@ -30,6 +30,7 @@ decrypted bytes that a readability check would not see.  Everything above
 this module uses one ``Wire`` interface for both.
 """
 
+import _socket
 import socket as _stdsocket
 
 from gevent.hub import Waiter, get_hub
@@ -45,7 +46,7 @@ def check_gevent_internals(sock):
         raise RuntimeError("gevent socket %r lacks %s: this gevent's internals differ from "
                            "the ones geproxy.sockio was written for" % (type(sock), missing))
     raw = sock._sock
-    if not isinstance(raw, _stdsocket.socket) or raw.gettimeout() != 0.0:
+    if not isinstance(raw, _socket.socket) or raw.gettimeout() != 0.0:
         raise RuntimeError("gevent socket's _sock is not a non-blocking kernel socket")
     for name in ("_read_event", "_write_event"):
         watcher = getattr(sock, name)
