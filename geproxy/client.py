@@ -397,8 +397,11 @@ class NativeTransport:
             try:
                 data = wire.recv_wait(timeout) if not buf else wire.recv(timeout)
             except TimeoutError:
-                if self._lagged(written) and extended < LAG_EXTENSIONS:
-                    extended += 1  # our own loop was late, not the member: wait on
+                if extended < LAG_EXTENSIONS and (
+                        wire.ready() is not None or self._lagged(written)):
+                    # the answer is there (the timer fired first in a busy loop turn),
+                    # or our own loop was late: not the member's fault, wait on
+                    extended += 1
                     continue
                 raise MemberTimeout("no answer within %d ms" % (timeout * 1000)) from None
             except OSError as exc:

@@ -117,7 +117,7 @@ class ProxyHandler(pywsgi.WSGIHandler):
         finally:
             binding.release()
             server.connections.discard(self)
-            if self.wire is not None and self.wire.tls:
+            if self.wire is not None:
                 self.wire.close()
             self.wire = self.greenlet = None
 

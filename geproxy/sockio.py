@@ -14,8 +14,8 @@ this directly saves 5-7 µs per GET (bench/README.md).  So ``Wire`` does:
   there yet); ``recv`` tries first (data may already be waiting).
 
 That needs two things gevent does not promise to keep: the kernel socket
-object under a gevent socket (``_sock``) and the socket's read and write
-watchers (``_read_event``/``_write_event``).  Both are taken here and nowhere
+object under a gevent socket (``_sock``) and the socket's write watcher
+(``_write_event``).  Both are taken here and nowhere
 else; ``check_gevent_internals`` (run by ``tests/test_sockio.py``, and
 ``setup.py`` pins the gevent range it passed on) fails loudly on a gevent
 whose layout differs.  The waiting itself uses gevent's public ``Waiter``
@@ -40,63 +40,98 @@ RECV_SIZE = 65536
 
 def check_gevent_internals(sock):
     """Raise RuntimeError unless a gevent socket has the parts Wire relies on."""
-    missing = [name for name in ("_sock", "_read_event", "_write_event")
-               if not hasattr(sock, name)]
+    missing = [name for name in ("_sock", "_write_event") if not hasattr(sock, name)]
     if missing:
         raise RuntimeError("gevent socket %r lacks %s: this gevent's internals differ from "
                            "the ones geproxy.sockio was written for" % (type(sock), missing))
     raw = sock._sock
     if not isinstance(raw, _socket.socket) or raw.gettimeout() != 0.0:
         raise RuntimeError("gevent socket's _sock is not a non-blocking kernel socket")
-    for name in ("_read_event", "_write_event"):
-        watcher = getattr(sock, name)
-        if getattr(watcher, "fd", None) != raw.fileno():
-            raise RuntimeError("gevent socket's %s does not watch its descriptor" % name)
+    if getattr(sock._write_event, "fd", None) != raw.fileno():
+        raise RuntimeError("gevent socket's _write_event does not watch its descriptor")
 
 
 class Wire:
     """Reads and writes on one connected gevent socket (plain TCP or Unix).
 
     Timeouts are in seconds (None: wait forever) and raise ``socket.timeout``.
+
+    Reads wait on a watcher of the Wire's own that stays started from one read
+    to the next: stopping and starting it around every wait made the event
+    loop change the epoll set (an epoll_ctl system call) twice per request.
+    Readable with nobody waiting (the peer closed an idle connection, a
+    pipelined request while the answer is being made), it stops itself until
+    the next wait.  ``close()`` stops it for good.
     """
 
-    __slots__ = ("sock", "raw", "_readable", "_writable")
+    __slots__ = ("sock", "raw", "_io", "_waiter", "_writable")
 
     tls = False
 
     def __init__(self, sock):
         self.sock = sock
         self.raw = sock._sock
-        self._readable = sock._read_event
+        self._io = None
+        self._waiter = None
         self._writable = sock._write_event
 
     def fileno(self):
         return self.raw.fileno()
 
-    def wait(self, watcher, timeout):
-        """Block this greenlet until ``watcher`` fires; socket.timeout after ``timeout`` s."""
+    def _readable(self):
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.switch(waiter)
+        else:
+            self._io.stop()
+
+    def wait_readable(self, timeout):
+        """Block this greenlet until the socket is readable; socket.timeout after ``timeout`` s."""
         hub = get_hub()
-        waiter = Waiter(hub)
-        watcher.start(waiter.switch, waiter)
+        io = self._io
+        if io is None:
+            io = self._io = hub.loop.io(self.raw.fileno(), 1)
+        waiter = self._waiter = Waiter(hub)
+        if not io.active:
+            io.start(self._readable)
         if timeout is None:
             try:
                 waiter.get()
             finally:
-                watcher.stop()
+                self._waiter = None
             return
         timer = hub.loop.timer(timeout)
         timer.start(waiter.switch, None)
         try:
             fired = waiter.get()
         finally:
-            watcher.stop()
+            self._waiter = None
             timer.close()
+        if fired is None:
+            raise _stdsocket.timeout("timed out")
+
+    def wait(self, watcher, timeout):
+        """Block this greenlet until ``watcher`` fires; socket.timeout after ``timeout`` s."""
+        hub = get_hub()
+        waiter = Waiter(hub)
+        watcher.start(waiter.switch, waiter)
+        timer = None
+        if timeout is not None:
+            timer = hub.loop.timer(timeout)
+            timer.start(waiter.switch, None)
+        try:
+            fired = waiter.get()
+        finally:
+            watcher.stop()
+            if timer is not None:
+                timer.close()
         if fired is None:
             raise _stdsocket.timeout("timed out")
 
     def recv_wait(self, timeout=None):
         """Wait until readable, then read once: b'' means the peer closed."""
-        self.wait(self._readable, timeout)
+        self.wait_readable(timeout)
         try:
             return self.raw.recv(RECV_SIZE)
         except BlockingIOError:  # a spurious wake-up: wait again
@@ -109,7 +144,7 @@ class Wire:
             try:
                 return raw.recv(RECV_SIZE)
             except BlockingIOError:
-                self.wait(self._readable, timeout)
+                self.wait_readable(timeout)
 
     def ready(self):
         """Bytes waiting to be read right now (b'' if the peer closed), or None."""
@@ -141,6 +176,10 @@ class Wire:
             pass
 
     def close(self):
+        io, self._io = self._io, None
+        if io is not None:
+            io.stop()
+            io.close()
         self.sock.close()
 
 
@@ -154,7 +193,7 @@ class TLSWire(Wire):
     def __init__(self, sock):
         self.sock = sock
         self.raw = sock
-        self._readable = self._writable = None
+        self._io = self._waiter = self._writable = None
 
     def recv_wait(self, timeout=None):
         return self.recv(timeout)
