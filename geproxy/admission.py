@@ -58,12 +58,13 @@ def _open_spare():
 class Gate:
     """Admission shared by one process's listeners: the connection cap and the spare fd.
 
-    ``pool`` holds one greenlet per served connection, so its length is the
-    number of open client connections; ``max_connections`` 0 means no cap.
+    ``open`` counts the client connections being served (``opened()`` when
+    one is handed to a handler, ``closed()`` when it ends; an idle connection
+    that gave up its greenlet still counts); ``max_connections`` 0 means no cap.
     """
 
-    def __init__(self, pool, max_connections=0):
-        self.pool = pool
+    def __init__(self, max_connections=0):
+        self.open = 0
         self.max_connections = max_connections or 0
         self.lingering = 0
         self.shed_total = 0
@@ -71,11 +72,14 @@ class Gate:
         self._warn_every = Every(log, interval=WARN_EVERY)
 
     def full(self):
-        return bool(self.max_connections) and len(self.pool) >= self.max_connections
+        return bool(self.max_connections) and self.open >= self.max_connections
+
+    def opened(self):
+        self.open += 1
 
     def _warn(self, reason):
         self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",
-                         reason, len(self.pool), self.shed_total)
+                         reason, self.open, self.shed_total)
 
     def shed(self, sock):
         """Over the cap: a 503 with Connection: close, then close (bounded linger)."""
@@ -132,7 +136,8 @@ class Gate:
             server._timer.start(server._start_accepting_if_started)
 
     def closed(self):
-        """A connection ended: take the spare back if it was lost."""
+        """A connection ended: one fewer open; take the spare back if it was lost."""
+        self.open -= 1
         if self._spare is None:
             self._spare = _open_spare()
 

@@ -44,6 +44,7 @@ from geproxy.logs import Every
 log = logging.getLogger("geproxy.handler")
 
 DRAIN_MAX = 64 << 10  # unread body bytes drained to keep a connection alive
+PARK_AFTER = 1.0  # seconds an idle keep-alive connection keeps its greenlet before parking
 LINGER = 1.0  # seconds a refused client gets to read its 4xx before the close
 _NO_BODY_STATUS = ("1", "204", "304")
 _TERMINATOR = b"0\r\n\r\n"
@@ -64,6 +65,10 @@ def _split_target(target):
     return path, query
 
 
+class Idle(Exception):
+    """The connection has been idle for PARK_AFTER seconds: park it (see ``run``)."""
+
+
 class ProxyHandler(pywsgi.WSGIHandler):
     """One client connection: read, parse, call the app, write, until it ends.
 
@@ -72,10 +77,12 @@ class ProxyHandler(pywsgi.WSGIHandler):
     (a set of live handlers, for draining) and ``draining``.
     """
 
-    # per request; the class attributes are the defaults
+    # per connection and per request; the class attributes are the defaults
     wire = None
+    binding = None
     idle = False
     greenlet = None
+    _idle_timer = None
     _status = None
     _headers = None
     _raw = None  # a relayed member header block (bytes), instead of _headers
@@ -92,11 +99,11 @@ class ProxyHandler(pywsgi.WSGIHandler):
         self.server = server
 
     def handle(self):
+        """A new connection (pywsgi calls this in its first greenlet): set up, then serve."""
         server = self.server
         sock = self.socket
-        self.greenlet = gevent.getcurrent()
         server.connections.add(self)
-        binding = Binding()
+        self.binding = Binding()
         try:
             if sock.family != socket.AF_UNIX:
                 try:
@@ -107,19 +114,81 @@ class ProxyHandler(pywsgi.WSGIHandler):
             if context is not None:
                 sock = self.socket = self.handshake(context, sock)
                 if sock is None:
+                    self.finish()
                     return
             self.wire = sockio.wire(sock)
-            self.serve(binding)
+        except BaseException:
+            self.finish()
+            raise
+        self.run()
+
+    def run(self):
+        """Serve requests until the connection ends, or parks while idle.
+
+        An idle keep-alive connection gives its greenlet up after
+        ``PARK_AFTER`` seconds (``park``): thousands of idle clients then cost
+        a socket, a watcher and this object each, not a greenlet and its
+        stack.  Its next request (or its close) runs this again in a new
+        greenlet.
+        """
+        self.greenlet = gevent.getcurrent()
+        ended = True
+        try:
+            self.serve(self.binding)
+        except Idle:
+            ended = not self.park()
         except (ClientGone, ClientTimeout, ConnectionError, TimeoutError):
             pass  # the client left, stalled or reset: nothing to answer
         except OSError as exc:
             log.debug("client connection %s ended: %s", self.client_address, exc)
         finally:
-            binding.release()
-            server.connections.discard(self)
-            if self.wire is not None:
-                self.wire.close()
-            self.wire = self.greenlet = None
+            self.greenlet = None
+            if ended:
+                self.finish()
+
+    def park(self):
+        """Wait for the next request without a greenlet; False if that is not possible."""
+        server = self.server
+        if server.draining or self.wire.tls:
+            return False
+        server.parked[self.socket] = self
+        idle = server.idle_timeout
+        if idle:
+            self._idle_timer = gevent.get_hub().loop.timer(max(idle - PARK_AFTER, 0.001))
+            self._idle_timer.start(self.expire)
+        self.wire.on_readable(self.wake)
+        return True
+
+    def _unpark(self):
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None:
+            timer.close()
+        self.wire.on_readable(None)
+        self.server.parked.pop(self.socket, None)
+
+    def wake(self):
+        """The parked connection is readable (a request, or the client closed)."""
+        self._unpark()
+        self.server.pool.spawn(self.run)
+
+    def expire(self):
+        """The parked connection was idle for the idle timeout (or the server drains): close."""
+        self._unpark()
+        self.finish()
+
+    def finish(self):
+        """The connection is over: its binding, its socket, its place in the counts."""
+        server = self.server
+        if self.binding is not None:
+            self.binding.release()
+            self.binding = None
+        server.connections.discard(self)
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            wire.close()
+        else:
+            self.socket.close()
+        server.gate.closed()
 
     def handshake(self, context, sock):
         """The TLS handshake, bounded by the header timeout; None if it failed."""
@@ -221,10 +290,14 @@ class ProxyHandler(pywsgi.WSGIHandler):
         if not buf.lstrip(b"\r\n"):  # between requests: the idle wait
             if server.draining:
                 return b"", -1
+            idle = server.idle_timeout or None
+            parks = not wire.tls and (idle is None or idle > PARK_AFTER)
             self.idle = True
             try:
-                buf = wire.recv_wait(server.idle_timeout or None)
+                buf = wire.recv_wait(PARK_AFTER if parks else idle)
             except TimeoutError:
+                if parks:
+                    raise Idle() from None
                 return b"", -1
             finally:
                 self.idle = False

@@ -76,6 +76,7 @@ class PyWSGIServer(pywsgi.WSGIServer):
         if ssl_context is not None:
             self.environ["wsgi.url_scheme"] = "https"
         self.connections = set()  # live ProxyHandlers
+        self.parked = {}  # socket -> its ProxyHandler, for idle connections without a greenlet
         self.draining = False
         self.rejected = Every(log, logging.INFO, REJECTED_EVERY, debug=True)
 
@@ -92,16 +93,20 @@ class PyWSGIServer(pywsgi.WSGIServer):
         if self.gate.full():
             self.gate.shed(sock)
             return
+        self.gate.opened()
         super().do_handle(sock, address)
 
     def do_close(self, sock, *args):
-        super().do_close(sock, *args)
-        self.gate.closed()
+        """After the first greenlet of a connection: closed by its handler, unless parked."""
+        if sock not in self.parked:
+            super().do_close(sock, *args)
 
     def drain(self):
         """Stop accepting and close idle keep-alive connections; requests in flight go on."""
         self.draining = True
         self.close()
+        for handler in list(self.parked.values()):
+            handler.expire()
         for handler in list(self.connections):
             if handler.idle and handler.greenlet is not None:
                 handler.greenlet.kill(block=False)
@@ -121,7 +126,7 @@ class ProxyServer:
                  header_timeout=0.0, tls_contexts=None):
         self.servers = []
         pool = Pool()  # unbounded: the Gate sheds over the cap instead of pausing accept
-        self.gate = Gate(pool, max_connections)
+        self.gate = Gate(max_connections)
         tls_contexts = tls_contexts or {}
         try:
             for url in listen_urls:

@@ -111,6 +111,18 @@ class Wire:
         if fired is None:
             raise _stdsocket.timeout("timed out")
 
+    def on_readable(self, callback):
+        """Call ``callback()`` from the event loop when the socket is readable (None: stop).
+
+        For a connection that waits without a greenlet of its own.
+        """
+        io = self._io
+        if io is None:
+            io = self._io = get_hub().loop.io(self.raw.fileno(), 1)
+        io.stop()
+        if callback is not None:
+            io.start(callback)
+
     def wait(self, watcher, timeout):
         """Block this greenlet until ``watcher`` fires; socket.timeout after ``timeout`` s."""
         hub = get_hub()

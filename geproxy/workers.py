@@ -62,7 +62,7 @@ class ProxyWorker(GeventPyWSGIWorker):
         settings = self.app.settings
         server = PyWSGIServer(
             listener, application, spawn=spawn, handler_class=handler_class,
-            environ=environ, gate=Gate(spawn, settings.proxy_max_connections),
+            environ=environ, gate=Gate(settings.proxy_max_connections),
             idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
             header_timeout=wiring.seconds(settings.proxy_client_header_timeout), **ssl_args)
         self.servers.append(server)

@@ -16,21 +16,26 @@ READ_TIMEOUT = 10.0  # seconds any single read from the proxy may take in a test
 
 @contextmanager
 def proxy_stack(*member_urls, transport="native", idle_timeout=300.0, header_timeout=10.0,
-                member_head_timeout=5.0, readonly=False, **app_options):
+                member_head_timeout=5.0, readonly=False, tls=None, **app_options):
     """A started in-process proxy in front of ``member_urls`` (tried in the order given).
 
-    Yields (port, app); everything is stopped afterwards.
+    With ``tls`` (a geproxy.tls.TLS) it listens on https and reaches https
+    members with that TLS's contexts.  Yields (port, server): the
+    ``ProxyServer`` (its ``app``, ``servers``...); everything is stopped afterwards.
     """
     endpoints = EndpointSet(failure_wait=5.0, balance="first")
     endpoints.replace(member_urls, shuffle=False)
-    upstream = make_transport(transport, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0)
+    upstream = make_transport(transport, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0,
+                              tls_context=tls.forward if tls is not None else None)
     app = ProxyApp(endpoints, upstream, readonly=readonly, header_timeout=member_head_timeout,
                    **app_options)
-    server = ProxyServer(app, ["http://127.0.0.1:0"], idle_timeout=idle_timeout,
-                         header_timeout=header_timeout)
+    listen = "https://127.0.0.1:0" if tls is not None else "http://127.0.0.1:0"
+    server = ProxyServer(app, [listen], idle_timeout=idle_timeout, header_timeout=header_timeout,
+                         tls_contexts=tls.listener_contexts([listen]) if tls is not None else None)
     server.start()
+    server.app = app
     try:
-        yield server.addresses[0][1], app
+        yield server.addresses[0][1], server
     finally:
         server.stop(timeout=1.0)
         upstream.close()

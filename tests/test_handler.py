@@ -14,6 +14,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from tests.fakeupstream import FakeMember, Reply
+from tests.helpers import poll
 from tests.inproc import Reader, connect, exchange, proxy_stack, status_of
 
 PUT = b"PUT /v2/keys/k HTTP/1.1\r\nHost: x\r\n"
@@ -75,7 +76,7 @@ def member():
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_head_is_refused_and_nothing_reaches_the_member(member, case):
     raw, status = MALFORMED[case]
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         answer = exchange(port, raw)
         assert status_of(answer) == status, answer[:200]
         assert b"\r\nConnection: close\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
@@ -86,7 +87,7 @@ def test_malformed_head_is_refused_and_nothing_reaches_the_member(member, case):
 
 
 def test_cut_off_head_with_full_close_is_not_carried_out(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         sock.sendall(b"DELETE /v2/keys/k HTTP/1.1\r\nHost: x\r\nX-P: y")
         sock.close()
@@ -96,7 +97,7 @@ def test_cut_off_head_with_full_close_is_not_carried_out(member):
 
 
 def test_identical_repeated_content_length_is_one_length(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         answer = exchange(port, PUT + b"Content-Length: 7\r\nContent-Length: 7\r\n" + FORM
                           + b"Connection: close\r\n\r\nvalue=1")
     assert status_of(answer) == 200
@@ -105,7 +106,7 @@ def test_identical_repeated_content_length_is_one_length(member):
 
 
 def test_chunked_request_body_is_decoded_and_sent_with_its_length(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         answer = exchange(port, PUT + b"Transfer-Encoding: chunked\r\n" + FORM
                           + b"Connection: close\r\n\r\n3\r\nval\r\n4;x=y\r\nue=1\r\n0\r\n"
                           b"X-Trailer: t\r\n\r\n")
@@ -119,7 +120,7 @@ def test_chunked_request_body_is_decoded_and_sent_with_its_length(member):
 
 
 def test_http10_without_keepalive_is_answered_then_closed(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         answer = exchange(port, b"GET /v2/keys/a HTTP/1.0\r\n\r\n", half_close=False)
     head, body = answer.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close" in head
@@ -128,7 +129,7 @@ def test_http10_without_keepalive_is_answered_then_closed(member):
 
 
 def test_http10_keepalive_keeps_the_connection(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         reader = Reader(sock)
         for _ in range(2):
@@ -141,7 +142,7 @@ def test_http10_keepalive_keeps_the_connection(member):
 
 def test_pipelined_requests_are_answered_in_order(member):
     member.behaviour = lambda req: Reply(body=req.target.encode())
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         sock.sendall(b"".join(b"GET /v2/keys/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
                               for i in range(5)) + PUT + b"Content-Length: 7\r\n\r\nvalue=1")
@@ -153,7 +154,7 @@ def test_pipelined_requests_are_answered_in_order(member):
 
 
 def test_expect_100_continue_is_answered_when_the_body_is_read(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         sock.sendall(PUT + b"Expect: 100-continue\r\nContent-Length: 7\r\n\r\n")
         reader = Reader(sock)
@@ -167,7 +168,7 @@ def test_expect_100_continue_is_answered_when_the_body_is_read(member):
 
 
 def test_expect_100_continue_never_sent_when_the_request_is_refused():
-    with proxy_stack("http://127.0.0.1:9", readonly=True) as (port, _app):
+    with proxy_stack("http://127.0.0.1:9", readonly=True) as (port, _server):
         sock = connect(port)
         sock.sendall(PUT + b"Expect: 100-continue\r\nContent-Length: 7\r\n\r\n")
         status, _fields, _body = Reader(sock).response()
@@ -179,7 +180,7 @@ def test_expect_100_continue_never_sent_when_the_request_is_refused():
 def test_keepalive_after_answers_without_a_body(member, status):
     member.behaviour = lambda req: Reply(status=status, body=b"", content_type=None) \
         if req.target == "/first" else Reply()
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = Reader(sock)
@@ -189,7 +190,7 @@ def test_keepalive_after_answers_without_a_body(member, status):
 
 
 def test_keepalive_after_head(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         sock = connect(port)
         sock.sendall(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = Reader(sock)
@@ -230,7 +231,7 @@ class SlowChunks:
 def test_non_watch_chunked_answer_reaches_the_client_chunk_by_chunk():
     member = SlowChunks([b"first", b"second", b"third"])
     try:
-        with proxy_stack(member.url) as (port, _app):
+        with proxy_stack(member.url) as (port, _server):
             sock = connect(port)
             sock.sendall(b"GET /v2/stats/self HTTP/1.1\r\nHost: x\r\n\r\n")
             reader = Reader(sock)
@@ -250,7 +251,7 @@ def test_non_watch_chunked_answer_reaches_the_client_chunk_by_chunk():
 
 
 def test_slow_head_is_closed_after_the_header_timeout_while_others_are_served(member):
-    with proxy_stack(member.url, header_timeout=0.5) as (port, _app):
+    with proxy_stack(member.url, header_timeout=0.5) as (port, _server):
         slow = connect(port)
         slow.sendall(b"GET /v2/keys/slow HTTP/1.1\r\nHost: x\r\n")  # never finished
         started = time.monotonic()
@@ -268,7 +269,7 @@ def test_slow_head_is_closed_after_the_header_timeout_while_others_are_served(me
 
 
 def test_idle_keepalive_connection_is_closed_after_the_idle_timeout(member):
-    with proxy_stack(member.url, idle_timeout=0.3) as (port, _app):
+    with proxy_stack(member.url, idle_timeout=0.3) as (port, _server):
         sock = connect(port)
         sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = Reader(sock)
@@ -281,7 +282,7 @@ def test_idle_keepalive_connection_is_closed_after_the_idle_timeout(member):
 
 
 def test_stalled_body_is_cut_after_the_header_timeout(member):
-    with proxy_stack(member.url, header_timeout=0.3) as (port, _app):
+    with proxy_stack(member.url, header_timeout=0.3) as (port, _server):
         sock = connect(port)
         sock.sendall(PUT + b"Content-Length: 7\r\n\r\nval")  # the rest never comes
         sock.settimeout(5.0)
@@ -291,7 +292,7 @@ def test_stalled_body_is_cut_after_the_header_timeout(member):
 
 
 def test_a_client_that_leaves_mid_request_does_not_disturb_the_server(member):
-    with proxy_stack(member.url) as (port, _app):
+    with proxy_stack(member.url) as (port, _server):
         for cut in range(1, 40, 3):
             sock = connect(port)
             sock.sendall((PUT + b"Content-Length: 7\r\n\r\nvalue=1")[:cut])
@@ -300,3 +301,56 @@ def test_a_client_that_leaves_mid_request_does_not_disturb_the_server(member):
         assert status_of(exchange(port, b"GET /ok HTTP/1.1\r\nHost: x\r\n"
                                         b"Connection: close\r\n\r\n")) == 200
     assert [r.target for r in member.requests] == ["/ok"]
+
+
+# --- idle connections without a greenlet ------------------------------------------
+
+
+@pytest.fixture
+def quick_park(monkeypatch):
+    from geproxy import handler
+    monkeypatch.setattr(handler, "PARK_AFTER", 0.05)
+
+
+def test_idle_connection_parks_and_its_next_request_is_served(member, quick_park):
+    with proxy_stack(member.url) as (port, proxy):
+        server = proxy.servers[0]
+        sock = connect(port)
+        reader = Reader(sock)
+        for _ in range(3):
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert reader.response()[::2] == (200, member.body)
+            assert poll(lambda: len(server.parked) == 1, timeout=5.0)
+            assert server.gate.open == 1  # a parked connection still counts
+        sock.close()
+        assert poll(lambda: not server.parked and server.gate.open == 0, timeout=5.0)
+    assert len(member.requests) == 3
+
+
+def test_parked_connection_is_closed_after_the_idle_timeout(member, quick_park):
+    with proxy_stack(member.url, idle_timeout=0.3) as (port, proxy):
+        sock = connect(port)
+        reader = Reader(sock)
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.response()[0] == 200
+        started = time.monotonic()
+        with pytest.raises(EOFError):
+            reader.response()
+        assert 0.2 < time.monotonic() - started < 3.0
+        assert not proxy.servers[0].parked
+        sock.close()
+
+
+def test_drain_closes_parked_connections_at_once(member, quick_park):
+    with proxy_stack(member.url) as (port, proxy):
+        server = proxy.servers[0]
+        socks = [connect(port) for _ in range(5)]
+        for sock in socks:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert Reader(sock).response()[0] == 200
+        assert poll(lambda: len(server.parked) == 5, timeout=5.0)
+        server.drain()
+        for sock in socks:
+            assert sock.recv(65536) == b""
+            sock.close()
+        assert server.gate.open == 0
