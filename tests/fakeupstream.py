@@ -15,6 +15,10 @@ according to its ``behaviour``:
   every connect is refused (and no other socket can take the port meanwhile);
 * a callable ``behaviour(request)``: returns a ``Reply`` or ``None`` (drop).
 
+``GET /members`` is always answered with the fake itself as the one member
+(and not recorded), so a proxy process can learn it from
+``--initial-cluster fake=<url>`` (``initial_cluster``).
+
 Connections are kept alive as HTTP/1.1 allows, so pooled upstream connections
 work.  Must run in a gevent-patched process (the proxy's client sockets have to
 yield to this server's greenlets).
@@ -199,6 +203,17 @@ class FakeMember:
             self._placeholder.close()
             self._placeholder = None
 
+    def members_reply(self):
+        """What a peer URL answers to ``GET /members``: this fake as the only member."""
+        body = json.dumps([{"id": 1, "name": "fake", "peerURLs": [self.url],
+                            "clientURLs": [self.url]}]).encode()
+        return Reply(headers=[("X-Etcd-Cluster-ID", "cdf818194e3a8c32")], body=body)
+
+    @property
+    def initial_cluster(self):
+        """``--initial-cluster`` for a proxy process in front of this fake (its /members)."""
+        return "fake=" + self.url
+
     def reply_for(self, request):
         """The Reply for this request, or None to drop the connection."""
         if callable(self.behaviour):
@@ -219,6 +234,9 @@ class FakeMember:
                     return
                 if request is None:
                     return
+                if request.method == "GET" and request.target == "/members":
+                    sock.sendall(self.members_reply().encode("GET"))
+                    continue
                 self.requests.append(request)
                 reply = self.reply_for(request)
                 if reply is None:
