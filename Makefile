@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test venv etcd bench readme-flags clean
+.PHONY: run test venv etcd wrk bench readme-flags clean
 
 venv: $(VENV)/.installed
 
@@ -28,22 +28,27 @@ etcd:
 		echo "etcd not found: install etcd 3.4 or 3.5 (etcd and etcdctl on PATH), e.g. 'apt-get install etcd-server etcd-client'"; exit 1; \
 	fi
 
+# wrk: the load generator of the overload test and the benchmarks.
+wrk:
+	@command -v wrk >/dev/null 2>&1 && exit 0; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing wrk with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else \
+		echo "wrk not found: install it, e.g. 'apt-get install wrk'"; exit 1; \
+	fi
+
 run: venv etcd
 	$(PY) -m geproxy.testing
 
-test: venv etcd
+test: venv etcd wrk
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks; extra options via SPREAD_ARGS / THROUGHPUT_ARGS, e.g.
 #   make bench SPREAD_ARGS=--compare-go THROUGHPUT_ARGS="--rounds 5"
-bench: venv etcd
-	@command -v wrk >/dev/null 2>&1 || { \
-		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-			echo "installing wrk with apt-get"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-		else \
-			echo "wrk not found: install it, e.g. 'apt-get install wrk'"; exit 1; \
-		fi; }
+bench: venv etcd wrk
 	$(PY) bench/spread.py $(SPREAD_ARGS)
 	$(PY) bench/throughput.py $(THROUGHPUT_ARGS)
 
