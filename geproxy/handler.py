@@ -379,10 +379,16 @@ class ProxyHandler(pywsgi.WSGIHandler):
         result = None
         try:
             result = app(env, self.start_response)
-            if type(result) is list and not self._sent:
+            if type(result) is list:
                 body = result[0] if len(result) == 1 else b"".join(result)
-                self.send_head(body, complete=True)
-                return
+                if not self._sent:
+                    self.send_head(body, complete=True)
+                    return
+                if self._chunked:  # the rest of an answer whose head went out early (a
+                    # watch): its data and the end of the chunked body in one send
+                    self.wire.send_all(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+                                       if body else _TERMINATOR)
+                    return
             for data in result:
                 if data:
                     self.write(data)
