@@ -62,16 +62,27 @@ def proxy_args(transport=None, workers=1, balance=None):
     return args
 
 
-def start_ours(initial_cluster, args, endpoints):
-    """Our proxy as a subprocess, waiting until it lists `endpoints` members."""
-    return ProxyProcess(initial_cluster, args=args).start(endpoints=endpoints, timeout=30.0)
+def start_ours(initial_cluster, args, endpoints, tls=None):
+    """Our proxy as a subprocess, waiting until it lists `endpoints` members; with ``tls``
+    (a certs.BenchTLS) on an https listener toward https members."""
+    if tls is not None:
+        proxy = ProxyProcess(initial_cluster, args=args + tls.proxy_args(),
+                             env=tls.proxy_env(), context=tls.context())
+    else:
+        proxy = ProxyProcess(initial_cluster, args=args)
+    return proxy.start(endpoints=endpoints, timeout=30.0)
 
 
 class GoProxy(ProxyProcess):
-    """``etcd --proxy on`` as a child process, with ProxyProcess's interface."""
+    """``etcd --proxy on`` as a child process, with ProxyProcess's interface (and the
+    same TLS flags as ours with ``tls``)."""
 
-    def __init__(self, initial_cluster, etcd_bin="etcd", args=()):
-        super().__init__(initial_cluster, args=args)
+    def __init__(self, initial_cluster, etcd_bin="etcd", args=(), tls=None):
+        if tls is not None:
+            super().__init__(initial_cluster, args=list(args) + tls.proxy_args(),
+                             env=tls.proxy_env(), context=tls.context())
+        else:
+            super().__init__(initial_cluster, args=args)
         self.etcd_bin = etcd_bin
 
     def command(self):
@@ -80,4 +91,4 @@ class GoProxy(ProxyProcess):
                 *self.args]
 
     def environ(self):
-        return etcd_env()
+        return dict(etcd_env(), **self.env)

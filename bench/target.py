@@ -10,7 +10,7 @@ from geproxy.testing import LocalCluster, Member, loopback_url, v2_put
 class Target:
     """The members (``members``) and their ``initial_cluster`` for the proxies."""
 
-    def __init__(self, members_opt=None, initial_cluster=None, size=3):
+    def __init__(self, members_opt=None, initial_cluster=None, size=3, tls=None):
         self.cluster = None
         if members_opt:
             if not initial_cluster:
@@ -20,7 +20,7 @@ class Target:
             self.members = [Member("m%d" % i, u, None, None, None) for i, u in enumerate(urls)]
             self.initial_cluster = initial_cluster
         else:
-            self.cluster = LocalCluster(size=size)
+            self.cluster = LocalCluster(size=size, tls=tls)
             self.members = self.cluster.members
             self.initial_cluster = None
 
@@ -41,7 +41,8 @@ class Target:
         return [urllib.parse.urlsplit(m.client_url).port for m in self.members]
 
     def put(self, key, value):
-        status, body = v2_put(self.members[0].client_url, key, value, timeout=5.0)
+        first = self.members[0]
+        status, body = v2_put(first.client_url, key, value, timeout=5.0, context=first.context)
         if status not in (200, 201):
             raise RuntimeError("PUT %s: %s %r" % (key, status, body[:200]))
 

@@ -18,6 +18,11 @@ each config's ratio to the Go proxy measured in the same run.
     .venv/bin/python bench/throughput.py
     .venv/bin/python bench/throughput.py --rounds 5 --transports requests --workers 1
     .venv/bin/python bench/throughput.py --rounds 0 --profile      # py-spy only
+    .venv/bin/python bench/throughput.py --tls --transports native # TLS on both sides
+
+With ``--tls`` everything is https: the members' client and peer URLs, both
+proxies' listeners (wrk speaks TLS to them) and their connections to the
+members, with the same certificate flags for the Go proxy and ours (certs.py).
 """
 
 import argparse
@@ -33,6 +38,7 @@ from statistics import median
 
 import harness  # first of bench/'s modules: it makes geproxy importable
 from harness import log
+from certs import BenchTLS
 from load import ForeignLoad
 from proxies import GoProxy, pick_matrix, proxy_args, start_ours
 from tables import table
@@ -41,6 +47,7 @@ from target import Target
 from geproxy.testing.procfs import cpu_seconds
 
 TARGET_RPS_RATIO = 0.8  # ours --workers 2 vs Go at 50 connections (stretch 1.0)
+TARGET_TLS_RATIO = 1.0  # with --tls: any of ours vs Go at 50 connections
 TARGET_CPU_US = 70.0  # proxy CPU per GET, on the box where Go measured ~51 µs:
 GO_CPU_US = 51.0  # judged as a ratio to Go measured in the same run
 TARGET_CPU_RATIO = TARGET_CPU_US / GO_CPU_US
@@ -127,23 +134,24 @@ def measure(args, cfg, path, duration=None):
 # --- setup --------------------------------------------------------------------------
 
 
-def start_all(args, target, procs):
+def start_all(args, target, procs, tls=None):
     """Start the Go proxy and every one of ours (appended to procs as they start,
-    so the caller stops them even if a later one fails); returns the configs."""
+    so the caller stops them even if a later one fails); returns the configs.
+    With ``tls`` (a BenchTLS) both are https on both sides."""
     n = len(target.members)
     direct = target.members[0]
     configs_c50, configs_c1 = [], []
     configs_c50.append(Config("direct (one member)", "direct", direct.client_url, None,
                               args.connections))
     configs_c1.append(Config("direct (one member)", "direct", direct.client_url, None, 1))
-    go = GoProxy(target.initial_cluster, etcd_bin=args.etcd_bin)
+    go = GoProxy(target.initial_cluster, etcd_bin=args.etcd_bin, tls=tls)
     procs.append(go)
     go.start(endpoints=n)
     log("go proxy pid %d on %s" % (go.pid, go.url))
     configs_c50.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, args.connections))
     configs_c1.append(Config("go (etcd --proxy on)", "go", go.url, go.pid, 1))
     for transport, workers in pick_matrix(args.transports, args.workers):
-        proxy = start_ours(target.initial_cluster, proxy_args(transport, workers), n)
+        proxy = start_ours(target.initial_cluster, proxy_args(transport, workers), n, tls)
         procs.append(proxy)
         log("ours %s w%d pid %d on %s" % (transport, workers, proxy.pid, proxy.url))
         name = "ours %s w%d" % (transport, workers)
@@ -182,13 +190,18 @@ def report(configs):
     return table(headers, rows)
 
 
-def verdicts(configs, connections):
+def verdicts(configs, connections, tls=False):
     go = {c.connections: c.summary() for c in configs if c.kind == "go"}
     lines = []
     for c in configs:
         if c.kind != "ours":
             continue
         s, g = c.summary(), go.get(c.connections, {})
+        if tls and c.connections == connections and s["rps"] and g.get("rps"):
+            r = s["rps"] / g["rps"]
+            lines.append("%-6s req/s over TLS at %d conns, %s: %.2fx Go (target >= %.1fx)"
+                         % ("ok" if r >= TARGET_TLS_RATIO else "MISS", connections, c.name, r,
+                            TARGET_TLS_RATIO))
         if c.connections == connections and c.workers and c.workers >= 2 and s["rps"] \
                 and g.get("rps"):
             r = s["rps"] / g["rps"]
@@ -329,6 +342,9 @@ def parse_args(argv):
                     "(default: the first of ours) -> bench/out/profile.svg, profile.txt")
     ap.add_argument("--profile-duration", type=int, default=10)
     ap.add_argument("--py-spy", default=None, help="py-spy binary (default: on PATH or venv)")
+    ap.add_argument("--tls", action="store_true",
+                    help="https everywhere: members, both proxies' listeners and their "
+                    "connections to the members (certificates from certs.py)")
     ap.add_argument("--wrk", default="wrk")
     ap.add_argument("--etcd-bin", default="etcd")
     ap.add_argument("--json", default=os.path.join(harness.OUT_DIR, "throughput.json"))
@@ -340,13 +356,15 @@ def main(argv=None):
     harness.stop_on_sigterm()
     if not shutil.which(args.wrk):
         raise SystemExit("wrk not found: apt-get install -y wrk")
-    target = Target(args.members, args.initial_cluster)
+    tls = BenchTLS() if args.tls else None
+    target = Target(args.members, args.initial_cluster,
+                    tls=tls.cluster if tls is not None else None)
     procs, configs, prof = [], [], None
     path = "/v2/keys/" + args.key
     try:
         target.start()
         target.put(args.key, "throughput")
-        configs = start_all(args, target, procs)
+        configs = start_all(args, target, procs, tls)
         for cfg in configs:  # fill the proxies' upstream pools; not counted
             run_wrk(args, cfg.url, cfg.connections, 1, path)
         total = args.rounds * len(configs) * args.duration
@@ -370,16 +388,21 @@ def main(argv=None):
         for p in reversed(procs):
             p.stop()
         target.close()
+        if tls is not None:
+            shutil.rmtree(tls.dir, ignore_errors=True)
     if args.rounds:
-        print("wrk -t%d -c%d -d%ds --latency, GET %s; medians over %d rounds"
-              % (args.threads, args.connections, args.duration, path, args.rounds))
+        print("wrk -t%d -c%d -d%ds --latency, GET %s%s; medians over %d rounds"
+              % (args.threads, args.connections, args.duration, path,
+                 " (TLS: client -> proxy https, proxy -> members https)" if tls else "",
+                 args.rounds))
         print(report(configs))
         print()
-        print(verdicts(configs, args.connections))
+        print(verdicts(configs, args.connections, tls is not None))
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"wrk": {"threads": args.threads, "connections": args.connections,
                                "duration": args.duration}, "rounds": args.rounds,
+                       "tls": tls is not None,
                        "configs": [dict(name=c.name, kind=c.kind, connections=c.connections,
                                         summary=c.summary(), runs=c.runs) for c in configs]},
                       f, indent=1)

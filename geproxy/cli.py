@@ -2,8 +2,8 @@
 
 Monkey-patching happens here, before anything else is imported, so that
 sockets, ssl and requests are all cooperative (gevent#1016).  Then: flags and
-env -> settings -> checks that may end the process -> the parts of the proxy
-(wiring) -> the listeners, until SIGTERM or SIGINT.
+env -> settings -> checks that may end the process -> the TLS contexts -> the
+parts of the proxy (wiring) -> the listeners, until SIGTERM or SIGINT.
 """
 
 from gevent import monkey
@@ -18,7 +18,7 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from geproxy import settings as settings_mod  # noqa: E402
-from geproxy import wiring  # noqa: E402
+from geproxy import tls, wiring  # noqa: E402
 from geproxy.bootstrap import check_conflicts  # noqa: E402
 from geproxy.datadir import ClusterFile  # noqa: E402
 from geproxy.errors import FatalError, UsageError  # noqa: E402
@@ -53,23 +53,39 @@ def preflight(settings):
         fatal(str(exc))
 
 
+def usage_error(exc):
+    """Bad command line or environment: one line on stderr, exit status 2."""
+    sys.stderr.write("%s: %s\n" % (settings_mod.PROG, exc))
+    sys.exit(2)
+
+
+def load_tls(settings):
+    """The TLS contexts (tls.load): exit 2 for a bad TLS flag, 1 for an unwritable folder."""
+    try:
+        return tls.load(settings)
+    except UsageError as exc:
+        usage_error(exc)
+    except FatalError as exc:
+        fatal(str(exc))
+
+
 def main(argv=None):
     try:
         settings, notes = settings_mod.parse(argv)
     except UsageError as exc:
-        sys.stderr.write("%s: %s\n" % (settings_mod.PROG, exc))
-        sys.exit(2)
+        usage_error(exc)
     setup_logging(settings.log_level)
     for level, message in notes:
         getattr(log, level)("%s", message)
     preflight(settings)
+    tls_set = load_tls(settings)
     if settings.workers > 1:
         from geproxy.workers import serve_workers
-        return serve_workers(settings)
-    return serve(settings)
+        return serve_workers(settings, tls_set)
+    return serve(settings, tls_set)
 
 
-def serve(settings):
+def serve(settings, tls_set):
     """One process: listeners, the refresh greenlet, until SIGTERM or SIGINT."""
     log.info("starting proxy in '%s' mode (this proxy supports the v2 API only)", settings.proxy)
     stopping = Event()
@@ -83,13 +99,15 @@ def serve(settings):
     if soft is not None:
         log.info("open files limit %d (hard %d); client connection cap %s", soft, hard,
                  settings.proxy_max_connections or "none")
-    parts = wiring.build(settings, on_fatal=on_fatal)
+    parts = wiring.build(settings, tls_set, on_fatal=on_fatal)
     try:
         server = ProxyServer(parts.app, settings.listen_client_urls,
                              max_connections=settings.proxy_max_connections,
                              idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
                              header_timeout=wiring.seconds(
-                                 settings.proxy_client_header_timeout))
+                                 settings.proxy_client_header_timeout),
+                             tls_contexts=tls_set.listener_contexts(
+                                 settings.listen_client_urls))
     except OSError as exc:
         fatal("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
 

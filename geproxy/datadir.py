@@ -19,6 +19,28 @@ from geproxy.errors import DataDirError
 log = logging.getLogger("geproxy.datadir")
 
 
+def write_private(path, data):
+    """Write ``data`` to ``path`` atomically (a temporary file, fsync, rename, fsync of the
+    folder), the file 0600 and its folder 0700 (made if need be)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    tmp = "%s.tmp.%d" % (path, os.getpid())  # workers may write at once
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
 class ClusterFile:
     """Read and write ``<data-dir>/proxy/cluster``."""
 
@@ -61,22 +83,7 @@ class ClusterFile:
         if urls == self._written:
             return False
         data = json.dumps({"PeerURLs": urls}, separators=(",", ":")).encode()
-        os.makedirs(self.proxy_dir, mode=0o700, exist_ok=True)
-        os.chmod(self.proxy_dir, 0o700)
-        tmp = "%s.tmp.%d" % (self.path, os.getpid())  # workers may write at once
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.proxy_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, data)
         log.info("wrote peer URLs %s to %s", urls, self.path)
         self._written = urls
         return True

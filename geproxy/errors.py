@@ -7,7 +7,7 @@ cycle.  The families map onto the three ways the proxy answers trouble:
 * exit status 2, one line naming the flag: ``UsageError`` (and ``SettingError``,
   a value a parser refused, before the flag name is known);
 * exit status 1, one line: ``FatalError`` and its kinds (bootstrap, discovery,
-  data dir, TLS files that stop loading);
+  data dir, the auto-TLS certificate folder);
 * an HTTP answer to one client: ``BadRequest`` (4xx, made by the connection
   handler before the app sees the request), ``UpstreamError`` (5xx, no usable
   member answer).
@@ -27,6 +27,17 @@ class GeproxyError(Exception):
 
 class SettingError(GeproxyError, ValueError):
     """A value that cannot be used; the message says why, without the flag name."""
+
+
+class TLSSettingError(SettingError):
+    """A TLS flag whose file or value cannot be used (a missing file, a key that does
+    not match its certificate); ``setting`` is the flag's attribute, ``value`` what
+    it was given."""
+
+    def __init__(self, setting, value, message):
+        super().__init__(message)
+        self.setting = setting
+        self.value = value
 
 
 class UsageError(GeproxyError):
@@ -137,6 +148,18 @@ class MemberTimeout(UpstreamError):
 
 class BadResponse(UpstreamError):
     """The member's answer broke HTTP/1.1 framing (or ended early)."""
+
+
+def causes(exc):
+    """exc and what it wraps (requests -> urllib3 -> OSError/SSLError chains), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        nxt = getattr(exc, "reason", None)  # urllib3's wrapped error; SSLError's is a str
+        if not isinstance(nxt, BaseException):
+            nxt = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = nxt if nxt is not None else (exc.__cause__ or exc.__context__)
 
 
 # --- the proxy's own JSON error answers ---------------------------------------------------

@@ -26,6 +26,7 @@ import gevent
 import requests
 
 from geproxy.errors import MembersError
+from geproxy.tls import ContextAdapter
 
 log = logging.getLogger("geproxy.membership")
 
@@ -106,11 +107,12 @@ class Membership:
     ``initial_peers`` is a callable giving the first peer URLs (it may block,
     e.g. for discovery); ``cluster_file`` (optional) stores the peer URLs
     after a read that changed them; ``on_fatal`` is called with the error if
-    ``initial_peers`` fails for good.
+    ``initial_peers`` fails for good; ``tls_context`` (a tls.LiveContext)
+    makes the connections to https peer URLs.
     """
 
     def __init__(self, initial_peers, endpoints, refresh_interval, dial_timeout,
-                 cluster_file=None, self_addresses=None, on_fatal=None):
+                 cluster_file=None, self_addresses=None, on_fatal=None, tls_context=None):
         self._initial_peers = initial_peers
         self.peer_urls = []
         self.endpoints = endpoints
@@ -123,6 +125,8 @@ class Membership:
         self.waiting = "waiting for the first member list"
         self._session = requests.Session()
         self._session.trust_env = False  # never send /members through an env proxy
+        if tls_context is not None:
+            self._session.mount("https://", ContextAdapter(tls_context))
         self._greenlet = None
 
     def _client_urls(self, members):

@@ -149,7 +149,8 @@ class ProxyServer:
     def start(self):
         for server in self.servers:
             server.start()
-            log.info("listening for client requests on %s:%s", *server.address[:2])
+            log.info("listening for client requests on %s://%s:%s",
+                     "https" if server.ssl_context is not None else "http", *server.address[:2])
 
     def close(self):
         """Stop accepting new connections."""

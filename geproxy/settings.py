@@ -7,7 +7,7 @@ drift apart.  Spellings follow etcd (Go's flag package): ``-flag value``,
 ``--flag value``, ``-flag=value`` and ``--flag=value`` are all accepted.
 
 Bad input ends the process with exit status 2 and one line naming the flag and
-the problem; nothing is half-applied.
+the problem; nothing is half-applied.  The value parsers are in ``values``.
 """
 
 import argparse
@@ -15,182 +15,16 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from geproxy.errors import SettingError, UsageError
+from geproxy.values import (  # noqa: F401 (GO_TRUE and TRANSPORTS are read from here)
+    GO_TRUE, TRANSPORTS, parse_balance, parse_bool, parse_cipher_suites, parse_count,
+    parse_discovery_url, parse_host_port, parse_initial_cluster, parse_listen_urls,
+    parse_log_level, parse_mode, parse_ms, parse_optional_url, parse_positive, parse_text,
+    parse_transport, parse_url_list)
 
 PROG = "gevent-etcdproxy"
 ENV_PREFIX = "ETCD_"
-
-
-# --- value parsers: text in, value out, SettingError on bad input -----------------
-
-
-def parse_mode(text):
-    value = text.strip().lower()
-    if value == "off":
-        raise SettingError(
-            "this program only runs as a proxy: use 'on' or 'readonly' "
-            "(run etcd itself for a member)")
-    if value not in ("on", "readonly"):
-        raise SettingError("must be 'on' or 'readonly'")
-    return value
-
-
-def parse_ms(text):
-    """Milliseconds as a whole, non-negative number, as etcd's uint flags."""
-    value = text.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise SettingError("must be a whole number of milliseconds (e.g. 5000)")
-    return int(value)
-
-
-def parse_count(text):
-    value = text.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise SettingError("must be a whole, non-negative number")
-    return int(value)
-
-
-GO_TRUE = frozenset(("1", "t", "T", "true", "TRUE", "True"))  # Go's strconv.ParseBool
-GO_FALSE = frozenset(("0", "f", "F", "false", "FALSE", "False"))
-
-
-def parse_bool(text):
-    """Go's strconv.ParseBool spellings."""
-    value = text.strip()
-    if value in GO_TRUE:
-        return True
-    if value in GO_FALSE:
-        return False
-    raise SettingError("must be true or false")
-
-
-def parse_text(text):
-    return text
-
-
-def choice(*values, aliases=None):
-    """A parser that accepts one of ``values`` (any case; ``aliases`` map spellings)."""
-    aliases = aliases or {}
-
-    def parse(text):
-        value = text.strip().lower()
-        value = aliases.get(value, value)
-        if value not in values:
-            raise SettingError("must be one of " + ", ".join(values))
-        return value
-    return parse
-
-
-TRANSPORTS = ("native", "requests")
-BALANCES = ("least-connections", "first")
-parse_transport = choice(*TRANSPORTS)
-parse_balance = choice(*BALANCES)
-parse_log_level = choice("debug", "info", "warn", "error", aliases={"warning": "warn"})
-
-
-def parse_positive(text):
-    value = parse_count(text)
-    if value < 1:
-        raise SettingError("must be at least 1")
-    return value
-
-
-def parse_discovery_url(text):
-    """A discovery URL: http(s)://host[:port]/path-to-token (empty = not used)."""
-    raw = text.strip()
-    if not raw:
-        return ""
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingError("%r is not an http(s) URL" % raw)
-    if parts.path in ("", "/"):
-        raise SettingError("%r has no token path" % raw)
-    return raw.rstrip("/")
-
-
-def parse_optional_url(text):
-    """An http URL or empty; 'host:port' gets http:// prepended, as etcd does."""
-    raw = text.strip()
-    if not raw:
-        return ""
-    if "://" not in raw:
-        raw = "http://" + raw
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingError("%r is not an http(s) URL" % text)
-    return raw
-
-
-def parse_host_port(text):
-    """'host:port' or 'host' (port 53) or empty."""
-    raw = text.strip()
-    if not raw:
-        return ""
-    try:
-        parts = urlsplit("//" + raw)
-        port = parts.port or 53
-    except ValueError as exc:
-        raise SettingError("%r is not host:port (%s)" % (raw, exc)) from None
-    if not parts.hostname:
-        raise SettingError("%r has no host" % raw)
-    return "%s:%d" % (parts.hostname, port)
-
-
-def _host_port_url(text, what, schemes):
-    """Check one URL the way etcd does: a known scheme, host:port, no path."""
-    raw = text.strip()
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as exc:
-        raise SettingError("%r is not a valid %s URL (%s)" % (raw, what, exc)) from None
-    if parts.scheme not in schemes:
-        raise SettingError("%r: scheme must be %s" % (raw, " or ".join(schemes)))
-    if not parts.hostname:
-        raise SettingError("%r has no host" % raw)
-    if port is None:
-        raise SettingError("%r must have the form scheme://host:port (no port given)" % raw)
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise SettingError("%r must not have a path or query" % raw)
-    if parts.username is not None:
-        raise SettingError("%r must not carry credentials" % raw)
-    return "%s://%s" % (parts.scheme, parts.netloc)
-
-
-def parse_listen_urls(text):
-    urls = [item for item in (part.strip() for part in text.split(",")) if item]
-    if not urls:
-        raise SettingError("needs at least one URL")
-    out = []
-    for url in urls:
-        if url.startswith("https:"):
-            raise SettingError("%r: https listeners are not supported yet (TLS is planned)" % url)
-        out.append(_host_port_url(url, "listen", ("http",)))
-    if len(set(out)) != len(out):
-        raise SettingError("lists the same URL twice")
-    return tuple(out)
-
-
-def parse_url_list(text):
-    """A comma list of http(s) URLs (member-only flags we accept and ignore)."""
-    return tuple(_host_port_url(u, "member", ("http", "https"))
-                 for u in text.split(",") if u.strip())
-
-
-def parse_initial_cluster(text):
-    """``name=peerURL,...`` -> tuple of (name, peerURL); only the URLs are used."""
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items:
-        raise SettingError("needs at least one name=peerURL entry")
-    out = []
-    for item in items:
-        name, sep, url = item.partition("=")
-        if not sep or not name.strip() or not url.strip():
-            raise SettingError("%r is not of the form name=peerURL" % item)
-        out.append((name.strip(), _host_port_url(url, "peer", ("http", "https"))))
-    return tuple(out)
 
 
 # --- the table ----------------------------------------------------------------------
@@ -226,7 +60,8 @@ SETTINGS = (
             "Proxy mode: 'on' forwards everything, 'readonly' forwards only GET "
             "(other methods get 501). 'off' is refused: this program is only a proxy."),
     Setting("listen-client-urls", parse_listen_urls, "http://localhost:2379",
-            "Comma-separated http://host:port URLs to listen on for client traffic."),
+            "Comma-separated http://host:port or https://host:port URLs to listen on for "
+            "client traffic (https needs --cert-file and --key-file, or --auto-tls)."),
     Setting("initial-cluster", parse_initial_cluster, "default=http://localhost:2380",
             "Comma-separated name=peerURL list of the cluster's members; the proxy "
             "reads the member list from these peer URLs (only the URLs are used)."),
@@ -292,6 +127,43 @@ SETTINGS = (
             "HTTP proxy used for discovery traffic only."),
     Setting("log-level", parse_log_level, "info",
             "Log level: debug, info, warn or error. Logs go to stdout."),
+    # TLS, as etcd 3.4's proxy reads these flags (see the README's TLS section).
+    Setting("cert-file", parse_text, "",
+            "Client-side TLS certificate (PEM): served on https listen URLs, and presented "
+            "to https members when forwarding. Renewed files are picked up without a restart."),
+    Setting("key-file", parse_text, "", "Private key (PEM) of --cert-file."),
+    Setting("trusted-ca-file", parse_text, "",
+            "CA certificates (PEM): https listeners require client certificates signed by "
+            "them (as etcd 3.4, even without --client-cert-auth), and members' certificates "
+            "are verified against them when forwarding (default: the system's CAs)."),
+    Setting("client-cert-auth", parse_bool, "false",
+            "Require client certificates on https listeners (verified against "
+            "--trusted-ca-file, or the system's CAs without it).", boolean=True),
+    Setting("client-crl-file", parse_text, "",
+            "Certificate revocation list (PEM): client certificates it revokes are refused "
+            "on https listeners."),
+    Setting("auto-tls", parse_bool, "false",
+            "Without --cert-file/--key-file, serve https listen URLs with a self-signed "
+            "certificate made under <data-dir>/proxy/clientCerts; as etcd, members' "
+            "certificates are then not verified when forwarding.", boolean=True),
+    Setting("cipher-suites", parse_cipher_suites, "",
+            "Comma-separated TLS 1.2 cipher suites in etcd's names (e.g. "
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256), for listeners and member connections; "
+            "empty means OpenSSL's defaults. TLS 1.3 suites are not configurable."),
+    Setting("peer-cert-file", parse_text, "",
+            "Peer-side TLS certificate (PEM): presented when reading /members from https "
+            "peer URLs, and when forwarding if no client-side TLS flag is set."),
+    Setting("peer-key-file", parse_text, "", "Private key (PEM) of --peer-cert-file."),
+    Setting("peer-trusted-ca-file", parse_text, "",
+            "CA certificates (PEM) that members' peer certificates are verified against "
+            "(and their client certificates, when forwarding uses the peer flags)."),
+    Setting("peer-crl-file", parse_text, "",
+            "Certificate revocation list (PEM): members' peer certificates it revokes are "
+            "refused when reading /members."),
+    Setting("peer-auto-tls", parse_bool, "false",
+            "Without --peer-cert-file/--peer-key-file, present a self-signed certificate "
+            "made under <data-dir>/proxy/peerCerts to peers, and do not verify theirs.",
+            boolean=True),
     # Member-only flags people pass to etcd: accepted so the same command line
     # works, logged at debug level, otherwise ignored.
     Setting("initial-cluster-token", parse_text, "etcd-cluster",
@@ -306,12 +178,16 @@ SETTINGS = (
             "Member-only; accepted and ignored.", ignored=True),
     Setting("discovery-fallback", parse_text, "proxy",
             "Member-only; accepted and ignored.", ignored=True),
+    Setting("peer-client-cert-auth", parse_bool, "false",
+            "Member-only; accepted and ignored (a proxy serves no peer traffic).",
+            ignored=True, boolean=True),
     Setting("enable-v2", parse_bool, "true",
             "Member-only; accepted and ignored (the proxy forwards v2 requests).",
             ignored=True, boolean=True),
 )
 
 BY_ENV = {s.env: s for s in SETTINGS}
+BY_ATTR = {s.attr: s for s in SETTINGS}
 
 
 class Settings:
@@ -332,6 +208,11 @@ class Settings:
     @property
     def peer_urls(self):
         return tuple(url for _name, url in self.initial_cluster)
+
+    def given_as(self, attr):
+        """How a setting was given, for messages: its ETCD_* variable or its --flag."""
+        setting = BY_ATTR[attr]
+        return setting.env if self.sources.get(attr) == "env" else "--" + setting.name
 
     def __repr__(self):
         shown = ", ".join("%s=%r" % (s.attr, getattr(self, s.attr)) for s in SETTINGS)

@@ -26,12 +26,17 @@ re-armed lost I/O wake-ups under load here.
 
 TLS sockets are used through their own methods (``TLSWire``): encrypted bytes
 on the kernel socket are not the application's, and OpenSSL may hold
-decrypted bytes that a readability check would not see.  Everything above
-this module uses one ``Wire`` interface for both.
+decrypted bytes that a readability check would not see.  They are kept
+non-blocking, so a read or write is tried first and only OpenSSL's want-read
+or want-write waits, on the same watchers and loop timers as ``Wire``
+(gevent's blocking SSLSocket would start a Timeout per timed read and ask
+for SO_SNDBUF per send).  Everything above this module uses one ``Wire``
+interface for both.
 """
 
 import _socket
 import socket as _stdsocket
+from ssl import SSLWantReadError, SSLWantWriteError
 
 from gevent.hub import Waiter, get_hub
 
@@ -205,18 +210,27 @@ class TLSWire(Wire):
     def __init__(self, sock):
         self.sock = sock
         self.raw = sock
-        self._io = self._waiter = self._writable = None
+        self._io = self._waiter = None
+        self._writable = sock._write_event
+        sock.settimeout(0.0)  # after the handshake: OpenSSL's wants are waited for here
 
     def recv_wait(self, timeout=None):
+        """Wait until readable unless OpenSSL already holds decrypted bytes, then read
+        (no failed SSL_read first: OpenSSL reads no further ahead than the record it
+        decrypts, so the next record's bytes still wake the watcher)."""
+        if not self.sock.pending():
+            self.wait_readable(timeout)
         return self.recv(timeout)
 
     def recv(self, timeout=None):
         sock = self.sock
-        sock.settimeout(timeout)
-        try:
-            return sock.recv(RECV_SIZE)
-        finally:
-            sock.settimeout(None)
+        while True:
+            try:
+                return sock.recv(RECV_SIZE)
+            except SSLWantReadError:
+                self.wait_readable(timeout)
+            except SSLWantWriteError:
+                self.wait(self._writable, timeout)
 
     def ready(self):
         sock = self.sock
@@ -228,12 +242,16 @@ class TLSWire(Wire):
             return None
 
     def send_all(self, data, timeout=None):
+        """All of ``data`` in one SSL_write, retried with the same bytes after a want."""
         sock = self.sock
-        sock.settimeout(timeout)
-        try:
-            sock.sendall(data)
-        finally:
-            sock.settimeout(None)
+        while True:
+            try:
+                sock.send(data)
+                return
+            except SSLWantWriteError:
+                self.wait(self._writable, timeout)
+            except SSLWantReadError:
+                self.wait_readable(timeout)
 
     def shutdown_write(self):
         pass  # a TLS close_notify is sent by close()

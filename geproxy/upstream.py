@@ -29,12 +29,12 @@ from http.cookiejar import DefaultCookiePolicy
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from geproxy.client import NativeTransport
-from geproxy.errors import ConnectError, MemberTimeout, OutOfFiles, UpstreamError
+from geproxy.errors import ConnectError, MemberTimeout, OutOfFiles, UpstreamError, causes
 from geproxy.headers import response_headers
+from geproxy.tls import ContextAdapter
 
 log = logging.getLogger("geproxy.upstream")
 
@@ -112,31 +112,6 @@ class _RequestsResponse(UpstreamResponse):
         self._resp.close()
 
 
-class _ContextAdapter(HTTPAdapter):
-    """requests' adapter with our ssl.SSLContext for https members (None: the defaults)."""
-
-    def __init__(self, tls_context, **kwargs):
-        self._tls_context = tls_context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        if self._tls_context is not None:
-            kwargs["ssl_context"] = self._tls_context
-        super().init_poolmanager(*args, **kwargs)
-
-
-def _causes(exc):
-    """exc and what it wraps (requests -> urllib3 -> OSError chains), each once."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        nxt = getattr(exc, "reason", None)
-        if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
-            nxt = exc.args[0]
-        exc = nxt if nxt is not None else (exc.__cause__ or exc.__context__)
-
-
 _CONNECT_FAILURES = (requests.exceptions.ConnectTimeout,
                      requests.exceptions.SSLError,
                      urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError too
@@ -146,13 +121,13 @@ _CONNECT_FAILURES = (requests.exceptions.ConnectTimeout,
 
 def _is_connect_failure(exc):
     """True if a requests/urllib3 error happened before any byte was sent."""
-    return any(isinstance(e, _CONNECT_FAILURES) for e in _causes(exc))
+    return any(isinstance(e, _CONNECT_FAILURES) for e in causes(exc))
 
 
 def connect_error(base_url, exc):
     """The ConnectError for a failed connect: OutOfFiles when the proxy lacked a descriptor."""
     if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE)
-           for e in _causes(exc)):
+           for e in causes(exc)):
         return OutOfFiles("%s: %s" % (base_url, exc))
     return ConnectError("%s: %s" % (base_url, exc))
 
@@ -184,7 +159,7 @@ class RequestsTransport:
             session.trust_env = False
             session.headers.clear()
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-            adapter = _ContextAdapter(self._tls_context, pool_connections=1,
+            adapter = ContextAdapter(self._tls_context, pool_connections=1,
                                       pool_maxsize=self._pool_size, pool_block=False,
                                       max_retries=0)
             session.mount("http://", adapter)

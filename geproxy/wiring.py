@@ -3,8 +3,11 @@
 flags and env (settings) -> where the first peers come from (bootstrap,
 datadir) -> the member list and its refresh (membership) -> endpoint choice
 (endpoints) -> forwarding (app, upstream) -> the wire (server, handler).
-Both the single process (cli) and each worker process (workers) call
-``build``; nothing runs until ``Parts.start()``.
+The TLS contexts (tls) are made before, once per process tree (``tls.load``,
+whose errors exit 2), and given to the member-list reads, the member client
+and the listeners.  Both the single process (cli) and each worker process
+(workers) call ``build``; nothing runs until ``Parts.start()``, which also
+starts watching the certificate files.
 """
 
 from geproxy.app import ProxyApp
@@ -25,26 +28,29 @@ def seconds(ms):
 class Parts:
     """One process's app and the pieces behind it that run or need closing."""
 
-    def __init__(self, app, membership, transport, lag):
+    def __init__(self, app, membership, transport, lag, tls):
         self.app = app
         self.membership = membership
         self.transport = transport
         self.lag = lag
+        self.tls = tls
 
     def start(self):
         self.lag.start()
+        self.tls.start()
         return self.membership.start()
 
     def stop(self):
         self.membership.stop()
+        self.tls.stop()
         self.lag.stop()
 
     def close(self):
         self.transport.close()
 
 
-def build(settings, on_fatal=None):
-    """The WSGI app and its background parts for ``settings``."""
+def build(settings, tls, on_fatal=None):
+    """The WSGI app and its background parts for ``settings``, with ``tls`` (tls.TLS)."""
     cluster_file = ClusterFile(settings.data_dir_path)
     endpoints = EndpointSet(failure_wait=seconds(settings.proxy_failure_wait),
                             balance=settings.proxy_balance)
@@ -55,13 +61,13 @@ def build(settings, on_fatal=None):
         dial_timeout=seconds(settings.proxy_dial_timeout),
         cluster_file=cluster_file,
         self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls),
-        on_fatal=on_fatal)
+        on_fatal=on_fatal, tls_context=tls.peer)
     lag = LoopLag()
     transport = make_transport(settings.proxy_transport,
                                dial_timeout=seconds(settings.proxy_dial_timeout),
                                write_timeout=seconds(settings.proxy_write_timeout),
                                read_timeout=seconds(settings.proxy_read_timeout),
-                               lag=lag)
+                               tls_context=tls.forward, lag=lag)
 
     def status():
         """Membership's fields; while discovery waits, its progress is the state."""
@@ -76,4 +82,4 @@ def build(settings, on_fatal=None):
                    status=status,
                    waiting=lambda: bootstrap.waiting,
                    coalesce_watches=settings.proxy_coalesce_watches)
-    return Parts(app, membership, transport, lag)
+    return Parts(app, membership, transport, lag, tls)

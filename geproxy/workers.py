@@ -18,7 +18,11 @@ fork then finds everything patched and is silent.
 
 Each worker builds its own app after the fork (``wiring.build``: member list,
 refresh greenlet, upstream pools; no greenlet or socket crosses a fork) and
-serves with the same server and handler classes as a single process.
+serves with the same server and handler classes as a single process.  The TLS
+contexts are made once by the arbiter (so bad TLS flags exit 2 before any
+fork, and an ``--auto-tls`` certificate is made once); each worker watches
+the certificate files for itself.  gunicorn's own TLS options stay unused:
+https listeners get our context (``server_class``).
 Differences: each worker has its own member list and failure marks, and
 ``--proxy-max-connections`` counts per worker and listener.
 """
@@ -26,6 +30,7 @@ Differences: each worker has its own member list and failure marks, and
 import logging
 import os
 import random
+import socket
 import time
 
 import gevent
@@ -64,7 +69,8 @@ class ProxyWorker(GeventPyWSGIWorker):
             listener, application, spawn=spawn, handler_class=handler_class,
             environ=environ, gate=Gate(settings.proxy_max_connections),
             idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
-            header_timeout=wiring.seconds(settings.proxy_client_header_timeout), **ssl_args)
+            header_timeout=wiring.seconds(settings.proxy_client_header_timeout),
+            ssl_context=self.app.ssl_context(listener), **ssl_args)
         self.servers.append(server)
         return server
 
@@ -94,6 +100,16 @@ def _bind(url):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
+def _addresses(url):
+    """The (address, port) pairs a listener bound for ``url`` may report as its name."""
+    host, port = listen_address(url)
+    try:
+        return {(info[4][0], port) for info in socket.getaddrinfo(host, port, 0,
+                                                                  socket.SOCK_STREAM)}
+    except OSError:
+        return {(host, port)}
+
+
 def _fatal(exc):
     """A fatal error in a worker (bad cluster file, failed discovery): stop everything.
 
@@ -104,7 +120,7 @@ def _fatal(exc):
     fatal(str(exc), Arbiter.WORKER_BOOT_ERROR)
 
 
-def load_worker_app(settings):
+def load_worker_app(settings, tls_set):
     """The WSGI app of one worker, built after the fork.
 
     The member-list reads start after a random delay so that N workers do not
@@ -113,7 +129,7 @@ def load_worker_app(settings):
     still answers 503 while its siblings serve.  Until then the kernel queues
     new connections for the other workers.
     """
-    parts = wiring.build(settings, on_fatal=_fatal)
+    parts = wiring.build(settings, tls_set, on_fatal=_fatal)
     gevent.sleep(random.uniform(0, START_JITTER))
     parts.start()
     deadline = time.monotonic() + READY_WAIT
@@ -125,9 +141,17 @@ def load_worker_app(settings):
 class ProxyApplication(BaseApplication):
     """gunicorn configured from our settings only (no config file, no GUNICORN_CMD_ARGS)."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, tls_set):
         self.settings = settings
+        self.tls = tls_set
+        self._contexts = {address: context for url, context in
+                          tls_set.listener_contexts(settings.listen_client_urls).items()
+                          for address in _addresses(url)}
         super().__init__(prog=settings_mod.PROG)
+
+    def ssl_context(self, listener):
+        """The TLS context of the https listen URL bound by ``listener``, or None."""
+        return self._contexts.get(tuple(listener.getsockname()[:2]))
 
     def load_config(self):
         options = {
@@ -145,10 +169,10 @@ class ProxyApplication(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self):
-        return load_worker_app(self.settings)
+        return load_worker_app(self.settings, self.tls)
 
 
-def serve_workers(settings):
+def serve_workers(settings, tls_set):
     """Run the arbiter until SIGTERM (graceful) or SIGINT (quick); 0, or 1 on a fatal error."""
     log.info("starting proxy in '%s' mode with %d worker processes (this proxy supports "
              "the v2 API only)", settings.proxy, settings.workers)
@@ -158,7 +182,7 @@ def serve_workers(settings):
     raise_open_files_limit()  # inherited by the workers
     arbiter_pid = os.getpid()
     try:
-        ProxyApplication(settings).run()
+        ProxyApplication(settings, tls_set).run()
     except SystemExit as exc:
         if os.getpid() != arbiter_pid:  # a worker leaving gunicorn's fork: let it exit
             raise

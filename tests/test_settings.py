@@ -62,8 +62,8 @@ def test_data_dir_path_follows_name_and_data_dir():
 
 ENV_CASES = [
     ("ETCD_PROXY", "readonly", "proxy", "readonly"),
-    ("ETCD_LISTEN_CLIENT_URLS", "http://127.0.0.1:1,http://127.0.0.1:2",
-     "listen_client_urls", ("http://127.0.0.1:1", "http://127.0.0.1:2")),
+    ("ETCD_LISTEN_CLIENT_URLS", "http://127.0.0.1:1,https://127.0.0.1:2",
+     "listen_client_urls", ("http://127.0.0.1:1", "https://127.0.0.1:2")),
     ("ETCD_INITIAL_CLUSTER", "a=http://127.0.0.1:3,b=https://127.0.0.1:4",
      "initial_cluster", (("a", "http://127.0.0.1:3"), ("b", "https://127.0.0.1:4"))),
     ("ETCD_DATA_DIR", "/tmp/d", "data_dir", "/tmp/d"),
@@ -99,6 +99,20 @@ ENV_CASES = [
      "127.0.0.1:5353"),
     ("ETCD_DISCOVERY_PROXY", "127.0.0.1:3128", "discovery_proxy", "http://127.0.0.1:3128"),
     ("ETCD_DISCOVERY_FALLBACK", "exit", "discovery_fallback", "exit"),
+    ("ETCD_CERT_FILE", "/tls/c.pem", "cert_file", "/tls/c.pem"),
+    ("ETCD_KEY_FILE", "/tls/k.pem", "key_file", "/tls/k.pem"),
+    ("ETCD_TRUSTED_CA_FILE", "/tls/ca.pem", "trusted_ca_file", "/tls/ca.pem"),
+    ("ETCD_CLIENT_CERT_AUTH", "true", "client_cert_auth", True),
+    ("ETCD_CLIENT_CRL_FILE", "/tls/crl.pem", "client_crl_file", "/tls/crl.pem"),
+    ("ETCD_AUTO_TLS", "true", "auto_tls", True),
+    ("ETCD_CIPHER_SUITES", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256",
+     "cipher_suites", "ECDHE-RSA-AES128-GCM-SHA256"),
+    ("ETCD_PEER_CERT_FILE", "/tls/pc.pem", "peer_cert_file", "/tls/pc.pem"),
+    ("ETCD_PEER_KEY_FILE", "/tls/pk.pem", "peer_key_file", "/tls/pk.pem"),
+    ("ETCD_PEER_TRUSTED_CA_FILE", "/tls/pca.pem", "peer_trusted_ca_file", "/tls/pca.pem"),
+    ("ETCD_PEER_CLIENT_CERT_AUTH", "true", "peer_client_cert_auth", True),
+    ("ETCD_PEER_CRL_FILE", "/tls/pcrl.pem", "peer_crl_file", "/tls/pcrl.pem"),
+    ("ETCD_PEER_AUTO_TLS", "1", "peer_auto_tls", True),
 ]
 
 
@@ -179,6 +193,8 @@ BAD_INPUTS = [
     (["--initial-cluster", "nonsense"], {}, "--initial-cluster"),
     (["--listen-client-urls", "http://127.0.0.1:2379/v2"], {}, "--listen-client-urls"),
     (["--listen-client-urls", "http://127.0.0.1"], {}, "--listen-client-urls"),
+    (["--cipher-suites", "TLS_NO_SUCH_SUITE"], {}, "--cipher-suites"),
+    ([], {"ETCD_CIPHER_SUITES": "RC4"}, "ETCD_CIPHER_SUITES"),
     ([], {"ETCD_PROXY_FAILURE_WAIT": "soon"}, "ETCD_PROXY_FAILURE_WAIT"),
     ([], {"ETCD_PROXY": "bogus"}, "ETCD_PROXY"),
 ]

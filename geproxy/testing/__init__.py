@@ -13,6 +13,7 @@ The harness behind geproxy's own tests, its benchmarks and ``make run``
 Modules, one job each:
 
 * ``cluster``: LocalCluster and Member, the etcd processes;
+* ``tlsfiles``: ClusterTLS, members with https client and peer URLs;
 * ``proxy``: ProxyProcess, ``python -m geproxy`` as a child process;
 * ``process``: owned child processes, started, signalled and reaped by pid only;
 * ``metrics``: a member's own counters from its /metrics;
@@ -29,8 +30,9 @@ from geproxy.testing.metrics import (metric_value, parse_metrics, read_metrics,
 from geproxy.testing.net import free_port, http, http_json, loopback_url, v2_put
 from geproxy.testing.process import OwnedProcess, etcd_env, reap, scratch_dir, spawn, tail
 from geproxy.testing.proxy import ProxyProcess
+from geproxy.testing.tlsfiles import ClusterTLS
 
-__all__ = ["LocalCluster", "Member", "ProxyProcess", "OwnedProcess", "free_port", "http",
-           "http_json", "loopback_url", "v2_put", "metric_value", "parse_metrics",
-           "read_metrics", "store_watchers", "settled_store_watchers", "etcd_env", "reap",
-           "scratch_dir", "spawn", "tail"]
+__all__ = ["LocalCluster", "Member", "ClusterTLS", "ProxyProcess", "OwnedProcess",
+           "free_port", "http", "http_json", "loopback_url", "v2_put", "metric_value",
+           "parse_metrics", "read_metrics", "store_watchers", "settled_store_watchers",
+           "etcd_env", "reap", "scratch_dir", "spawn", "tail"]

@@ -4,7 +4,9 @@ The proxy is always exercised against real etcd members rather than a fake:
 the tests' session cluster, the failover tests' clusters that get broken on
 purpose, the benchmarks, and ``make run`` all come from here. Every member
 is an OwnedProcess (geproxy.testing.process), so it is signalled and reaped
-by pid only, and dies with the harness.
+by pid only, and dies with the harness. With ``tls`` (a ClusterTLS) the
+members serve https client and/or peer URLs, and the harness talks to them
+with its certificate.
 """
 
 import atexit
@@ -25,8 +27,9 @@ class Member(OwnedProcess):
     """One etcd process of a LocalCluster, with its URLs, data dir and log."""
 
     def __init__(self, name, client_url, peer_url, data_dir, log_path,
-                 initial_cluster="", initial_cluster_state="new"):
+                 initial_cluster="", initial_cluster_state="new", tls=None):
         self.name = name
+        self.tls = tls  # a ClusterTLS, or None for plain http
         self.client_url = client_url
         self.peer_url = peer_url
         # The client URL it advertises when that is not the one it listens on
@@ -70,11 +73,17 @@ class Member(OwnedProcess):
             # zap and our stdout/stderr redirection both append to the same
             # file (O_APPEND), so one log holds early panics too.
             "--logger", "zap", "--log-outputs", self.log_path,
+            *(self.tls.member_flags() if self.tls is not None else ()),
         ]
+
+    @property
+    def context(self):
+        """The SSLContext the harness uses toward this member (None for http)."""
+        return self.tls.context if self.tls is not None else None
 
     def metrics(self, timeout=5.0):
         """Every sample of this member's /metrics (see geproxy.testing.metrics)."""
-        return read_metrics(self.client_url, timeout)
+        return read_metrics(self.client_url, timeout, self.context)
 
     def metric(self, name, default=0.0, **labels):
         """One counter or gauge, e.g. metric("etcd_http_received_total", method="GET");
@@ -91,10 +100,12 @@ class LocalCluster:
 
     READY_KEY = "_geproxy_ready"
 
-    def __init__(self, size=3, host="127.0.0.1", base_dir=None, etcd_bin="etcd", token=None):
+    def __init__(self, size=3, host="127.0.0.1", base_dir=None, etcd_bin="etcd", token=None,
+                 tls=None):
         loopback_url("http://%s" % host)
         self.size = size
         self.host = host
+        self.tls = tls
         self.etcd_bin = etcd_bin
         # A unique token keeps members of concurrently running clusters
         # from ever accepting each other's peer traffic.
@@ -125,22 +136,29 @@ class LocalCluster:
     def initial_cluster(self):
         return ",".join("%s=%s" % (m.name, m.peer_url) for m in self.members)
 
-    def _url(self):
-        """A fresh loopback URL. Two free_port() calls can return the same port
-        (the first socket is closed again): never hand one out twice here."""
+    @property
+    def context(self):
+        """The SSLContext the harness uses toward the members (None for http)."""
+        return self.tls.context if self.tls is not None else None
+
+    def _url(self, side):
+        """A fresh loopback URL for the 'client' or 'peer' side. Two free_port()
+        calls can return the same port (the first socket is closed again):
+        never hand one out twice here."""
+        scheme = self.tls.scheme(side) if self.tls is not None else "http"
         for _ in range(100):
             port = free_port(self.host)
             if port not in self._used_ports:
                 self._used_ports.add(port)
-                return "http://%s:%d" % (self.host, port)
+                return "%s://%s:%d" % (scheme, self.host, port)
         raise RuntimeError("could not find a free port")
 
     def _new_member(self, name=None):
         name = name or "m%d" % self._next_index
         self._next_index += 1
-        m = Member(name, self._url(), self._url(),
+        m = Member(name, self._url("client"), self._url("peer"),
                    data_dir=os.path.join(self.base_dir, name + ".etcd"),
-                   log_path=os.path.join(self.base_dir, name + ".log"))
+                   log_path=os.path.join(self.base_dir, name + ".log"), tls=self.tls)
         self._all_members.append(m)
         return m
 
@@ -203,7 +221,7 @@ class LocalCluster:
             for m in self.members:
                 shutil.rmtree(m.data_dir, ignore_errors=True)
                 os.replace(m.log_path, "%s.attempt%d" % (m.log_path, attempt))
-                m.client_url, m.peer_url = self._url(), self._url()
+                m.client_url, m.peer_url = self._url("client"), self._url("peer")
         raise err
 
     def wait_healthy(self, timeout=30.0, members=None):
@@ -224,12 +242,14 @@ class LocalCluster:
                                        % (m.name, m.returncode, self._logs(members)))
                 t = max(0.1, min(2.0, deadline - time.monotonic()))
                 try:
-                    status, body = http_json("GET", m.client_url + "/health", timeout=t)
+                    status, body = http_json("GET", m.client_url + "/health", timeout=t,
+                                             context=m.context)
                     if status != 200 or not isinstance(body, dict) or \
                             body.get("health") != "true":
                         last[m.name] = "/health: %s %r" % (status, body)
                         continue
-                    status, body = v2_put(m.client_url, self.READY_KEY, m.name, timeout=t)
+                    status, body = v2_put(m.client_url, self.READY_KEY, m.name, timeout=t,
+                                          context=m.context)
                     if status not in (200, 201):
                         last[m.name] = "v2 PUT: %s %r" % (status, body[:200])
                         continue
@@ -289,7 +309,7 @@ class LocalCluster:
                     continue
                 try:
                     status, body = http_json("GET", m.client_url + "/v2/stats/self",
-                                             timeout=1.0)
+                                             timeout=1.0, context=m.context)
                 except OSError:
                     continue
                 if status == 200 and isinstance(body, dict) and \
@@ -310,7 +330,8 @@ class LocalCluster:
         while True:
             try:
                 status, body = http_json("POST", self._any_live_url() + "/v2/members",
-                                         {"peerURLs": [m.peer_url]}, timeout=5.0)
+                                         {"peerURLs": [m.peer_url]}, timeout=5.0,
+                                         context=self.context)
             except OSError as e:
                 status, body = None, repr(e)
             # 409 on a retry: an earlier attempt did get through.
@@ -337,13 +358,15 @@ class LocalCluster:
         Returns the removed Member."""
         m = self.members[i]
         base = self._any_live_url(besides=m)
-        status, body = http_json("GET", base + "/v2/members", timeout=5.0)
+        status, body = http_json("GET", base + "/v2/members", timeout=5.0,
+                                 context=self.context)
         if status != 200:
             raise RuntimeError("GET /v2/members failed: %s %r" % (status, body))
         ids = [x["id"] for x in body["members"] if m.peer_url in x["peerURLs"]]
         if not ids:
             raise RuntimeError("%s (%s) is not a member" % (m.name, m.peer_url))
-        status, body = http("DELETE", "%s/v2/members/%s" % (base, ids[0]), timeout=10.0)
+        status, body = http("DELETE", "%s/v2/members/%s" % (base, ids[0]), timeout=10.0,
+                            context=self.context)
         if status != 204:
             raise RuntimeError("DELETE /v2/members/%s failed: %s %r" % (ids[0], status, body))
         m.kill()

@@ -23,9 +23,9 @@ def parse_metrics(text):
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def read_metrics(client_url, timeout=5.0):
+def read_metrics(client_url, timeout=5.0, context=None):
     """The samples of GET <client_url>/metrics; RuntimeError unless it answers 200."""
-    status, body = http("GET", client_url + "/metrics", timeout=timeout)
+    status, body = http("GET", client_url + "/metrics", timeout=timeout, context=context)
     if status != 200:
         raise RuntimeError("%s/metrics returned %s" % (client_url, status))
     return parse_metrics(body.decode("utf-8", "replace"))

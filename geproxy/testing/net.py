@@ -3,7 +3,8 @@
 Only the standard library, and only blocking calls gevent knows how to patch,
 so these behave the same with or without ``gevent.monkey.patch_all()``.
 HTTP goes through urllib with no ProxyHandler: a developer's ``http_proxy``
-must never intercept traffic to 127.0.0.1.
+must never intercept traffic to 127.0.0.1.  https URLs take an
+``ssl.SSLContext`` (``context``: the CA to trust, a client certificate).
 """
 
 import json
@@ -17,6 +18,13 @@ __all__ = ["free_port", "http", "http_json", "v2_put", "loopback_url"]
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _opener_for(context):
+    if context is None:
+        return _opener
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                       urllib.request.HTTPSHandler(context=context))
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port that was free a moment ago (bound to port 0, then closed).
 
@@ -28,15 +36,15 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
-def http(method, url, data=None, headers=None, timeout=2.0):
+def http(method, url, data=None, headers=None, timeout=2.0, context=None):
     """One HTTP request; (status, body bytes).
 
     HTTP errors are returned rather than raised: etcd's 4xx/5xx bodies carry
-    the answer. Transport errors (refused, timeout) raise OSError.
+    the answer. Transport errors (refused, timeout, TLS) raise OSError.
     """
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
-        with _opener.open(req, timeout=timeout) as resp:
+        with _opener_for(context).open(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         body = e.read()
@@ -44,7 +52,7 @@ def http(method, url, data=None, headers=None, timeout=2.0):
         return e.code, body
 
 
-def http_json(method, url, payload=None, timeout=2.0):
+def http_json(method, url, payload=None, timeout=2.0, context=None):
     """Like http(), with a JSON request body (if any) and the body decoded from JSON.
 
     A body that is not JSON is returned as bytes, so a caller can show it.
@@ -53,18 +61,18 @@ def http_json(method, url, payload=None, timeout=2.0):
     if payload is not None:
         data = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
-    status, body = http(method, url, data, headers, timeout)
+    status, body = http(method, url, data, headers, timeout, context)
     try:
         return status, json.loads(body) if body else None
     except ValueError:
         return status, body
 
 
-def v2_put(client_url, key, value, timeout=2.0):
+def v2_put(client_url, key, value, timeout=2.0, context=None):
     """PUT value at key through etcd's v2 keys API; (status, body bytes)."""
     data = urllib.parse.urlencode({"value": value}).encode()
     return http("PUT", "%s/v2/keys/%s" % (client_url, key.lstrip("/")), data,
-                {"Content-Type": "application/x-www-form-urlencoded"}, timeout)
+                {"Content-Type": "application/x-www-form-urlencoded"}, timeout, context)
 
 
 def loopback_url(url):

@@ -10,7 +10,7 @@ import os
 
 __all__ = ["CLK_TCK", "process_state", "gone", "children", "process_tree", "cpu_seconds",
            "rss_bytes", "machine_busy_seconds", "socket_inodes", "socket_inode",
-           "established"]
+           "connections", "established"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ESTABLISHED = "01"  # the st column of /proc/net/tcp
@@ -155,6 +155,14 @@ def socket_inode(local_port, remote_port):
         if local == local_port and remote == remote_port:
             return inode
     return None
+
+
+def connections(pid, ports):
+    """(local port, remote port) of each established TCP connection from pid's tree
+    to one of ``ports``: a connection that stays open keeps its local port."""
+    inodes = socket_inodes(process_tree(pid))
+    return sorted((local, remote) for local, remote, state, inode in _tcp_rows(pid)
+                  if state == ESTABLISHED and remote in ports and inode in inodes)
 
 
 def established(pid, ports):

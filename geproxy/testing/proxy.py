@@ -29,17 +29,19 @@ class ProxyProcess(OwnedProcess):
     would be a conflict). args come last on the command line, so they can
     override ours; env is applied over an environment without ETCD_* variables.
     Output goes to log_path (default: next to the data dir), or to our
-    terminal with inherit_output.
+    terminal with inherit_output. With context (an ssl.SSLContext: the CA to
+    trust, a client certificate) the URL picked is https and the harness talks
+    to the proxy with that context; args must then give the TLS flags.
     """
 
     def __init__(self, initial_cluster, args=(), env=None, data_dir=None, listen_url=None,
-                 log_path=None, inherit_output=False):
+                 log_path=None, inherit_output=False, context=None):
         self.initial_cluster = initial_cluster
         self.args = list(args)
         self.env = dict(env or {})
+        self.context = context
         self._own_listen = listen_url is None
-        self.url = loopback_url((listen_url or
-                                 "http://127.0.0.1:%d" % free_port()).rstrip("/"))
+        self.url = loopback_url((listen_url or self._fresh_url()).rstrip("/"))
         self._tmp = None
         if data_dir is None:
             self._tmp = scratch_dir("geproxy-proxy-")
@@ -49,6 +51,10 @@ class ProxyProcess(OwnedProcess):
             # Next to, not inside, the data dir: that belongs to the proxy.
             log_path = data_dir.rstrip(os.sep) + ".log"
         self.log_path = log_path
+
+    def _fresh_url(self):
+        return "%s://127.0.0.1:%d" % ("https" if self.context is not None else "http",
+                                      free_port())
 
     @property
     def port(self):
@@ -90,12 +96,13 @@ class ProxyProcess(OwnedProcess):
             clash = self._own_listen and "in use" in self.tail(50)
             if not clash or time.monotonic() >= deadline:
                 break
-            self.url = "http://127.0.0.1:%d" % free_port()
+            self.url = self._fresh_url()
         raise err
 
     def endpoints(self, timeout=2.0):
         """The endpoint URLs the proxy currently considers available."""
-        status, body = http_json("GET", self.url + "/v2/config/local/proxy", timeout=timeout)
+        status, body = http_json("GET", self.url + "/v2/config/local/proxy", timeout=timeout,
+                                 context=self.context)
         if status != 200 or not isinstance(body, dict):
             raise RuntimeError("/v2/config/local/proxy: %s %r" % (status, body))
         return list(body.get("endpoints") or [])
