@@ -208,6 +208,21 @@ def test_client_certificates_are_checked(cluster, pki, proxies):
         assert good.get(proxy.url + "/v2/keys/", timeout=5).status_code == 200
 
 
+def test_https_listener_with_workers(cluster, pki, proxies):
+    """--workers: the arbiter loads the files, each gunicorn worker serves our context."""
+    proxy = proxies(cluster, ["--cert-file", pki.cert_file, "--key-file", pki.key_file,
+                              "--trusted-ca-file", pki.ca_file, "--workers", "2"],
+                    context=pki.context())
+    with pki.session() as s:
+        for _ in range(4):  # new connections, spread over the workers by the kernel
+            s.close()
+            assert s.get(proxy.url + "/v2/keys/", timeout=5).status_code == 200
+    no_cert = pki.session()
+    no_cert.cert = None
+    with no_cert:
+        assert refused(no_cert, proxy.url)
+
+
 def test_auto_tls_makes_a_self_signed_certificate(cluster, proxies):
     unchecked = ssl.create_default_context()
     unchecked.check_hostname = False
