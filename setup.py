@@ -20,6 +20,7 @@ setup(
         "prometheus-client>=0.17",
         "dnspython>=2.0",
         "gunicorn>=27.0.1",
+        "packaging",  # gunicorn's gevent worker imports it without requiring it
         "cryptography>=41",
     ],
     entry_points={"console_scripts": ["gevent-etcdproxy = geproxy.cli:main"]},

@@ -68,6 +68,8 @@ class Gate:
         self.max_connections = max_connections or 0
         self.lingering = 0
         self.shed_total = 0
+        self.shed_over_cap = 0  # of shed_total: over --proxy-max-connections
+        self.shed_no_files = 0  # of shed_total: out of file descriptors
         self._spare = _open_spare()
         self._warn_every = Every(log, interval=WARN_EVERY)
 
@@ -84,6 +86,7 @@ class Gate:
     def shed(self, sock):
         """Over the cap: a 503 with Connection: close, then close (bounded linger)."""
         self.shed_total += 1
+        self.shed_over_cap += 1
         self._warn("at most %d allowed (--proxy-max-connections)" % self.max_connections)
         if self.lingering >= MAX_LINGERING:
             sock.close()
@@ -129,6 +132,7 @@ class Gate:
             self._spare = _open_spare()
         if shed or stuck:
             self.shed_total += shed
+            self.shed_no_files += shed
             self._warn("out of file descriptors (%s)" % (exc.strerror or exc))
         if stuck:  # nothing could be done: pause, as gevent would, but quietly
             server.stop_accepting()

@@ -28,8 +28,12 @@ from geproxy.coalesce import Coalescer, watch_key
 from geproxy.endpoints import BINDING
 from geproxy.errors import (BadRequest, BodyTooLarge, MemberTimeout, OutOfFiles, UpstreamError,
                             error_answer)
+from geproxy.errors import WatchEnded
 from geproxy.headers import RELAY, request_headers, request_target
 from geproxy.logs import Every
+from geproxy.meter import FAILED_GETTING, ZERO_ENDPOINTS
+from geproxy.metrics import METRICS_PATH, metrics_page
+from geproxy.shutdown import Watches
 from geproxy.settings import GO_TRUE
 
 log = logging.getLogger("geproxy.app")
@@ -41,10 +45,11 @@ RETRY_ELSEWHERE = frozenset(("GET", "HEAD"))
 class ProxyError(Exception):
     """No member answer to pass on: the proxy answers with its own JSON error."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, reason=FAILED_GETTING):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason  # for etcd_proxy_dropped_total (meter)
 
     def parts(self):
         """(status, headers, body) of the error response."""
@@ -118,11 +123,15 @@ class ProxyApp:
     ``header_timeout`` bounds a non-watch exchange with one member (seconds,
     0 = none): a hung member is then marked failed instead of hanging clients.
     ``coalesce_watches`` lets identical one-shot watches share one upstream
-    request (``--proxy-coalesce-watches``).
+    request (``--proxy-coalesce-watches``).  ``meter`` (meter.Meter) counts
+    for the metrics, ``metrics`` (metrics.Exporter) answers /metrics, ``cors``
+    (cors.Cors) adds the CORS headers; each None means off.  ``watches`` are
+    the waiting watches a graceful stop ends (shutdown).
     """
 
     def __init__(self, endpoints, transport, readonly=False, max_body=4 << 20,
-                 header_timeout=0.0, status=None, waiting=None, coalesce_watches=True):
+                 header_timeout=0.0, status=None, waiting=None, coalesce_watches=True,
+                 meter=None, metrics=None, cors=None):
         self.endpoints = endpoints
         self.transport = transport
         self.readonly = readonly
@@ -131,16 +140,27 @@ class ProxyApp:
         self.status = status or (lambda: {})
         self.waiting = waiting or (lambda: None)
         self.coalescer = Coalescer() if coalesce_watches else None
+        self.meter = meter
+        self.metrics_page = metrics_page(metrics)
+        self.cors = cors
+        self.watches = Watches()
         self._no_files = Every(log)
         self._no_endpoints = Every(log)
 
     def __call__(self, environ, start_response):
-        method = environ["REQUEST_METHOD"]
-        if self.readonly and method != "GET":
+        """In the Go proxy's order: /metrics, the readonly gate, CORS, then the routes."""
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            return self.metrics_page(environ, start_response)
+        if self.readonly and environ["REQUEST_METHOD"] != "GET":
             start_response("501 Not Implemented", [("Content-Length", "0")])
             return []
+        if self.cors is not None:
+            return self.cors(environ, start_response, self.route)
+        return self.route(environ, start_response)
+
+    def route(self, environ, start_response):
         if environ.get("PATH_INFO") == CONFIG_PATH:
-            return self.local_config(method, start_response)
+            return self.local_config(environ["REQUEST_METHOD"], start_response)
         return self.forward(environ, start_response)
 
     # --- local endpoint -------------------------------------------------------------
@@ -163,6 +183,8 @@ class ProxyApp:
 
     def forward(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
+        meter = self.meter
+        started = meter.request(method) if meter is not None else 0.0
         try:
             body = b"" if "CONTENT_LENGTH" not in environ and \
                 "HTTP_TRANSFER_ENCODING" not in environ else read_body(environ, self.max_body)
@@ -181,12 +203,16 @@ class ProxyApp:
 
         candidates = self.endpoints.ordered(environ.get(BINDING))
         if watch and self.coalescer is not None and not body and not is_stream(query):
-            return self.coalesced(environ, start_response, candidates, target)
+            return self.coalesced(environ, start_response, candidates, target, started)
         headers = upstream_headers(environ, method, body)
         try:
             resp, content = self.send(candidates, method, target, headers, body, watch)
         except ProxyError as exc:
+            if meter is not None:
+                meter.settled(environ, method, 0, exc.reason, started)
             return _json_error(start_response, exc.status, exc.message)
+        if meter is not None:
+            meter.settled(environ, method, resp.status, resp.member, started)
         if content is None:
             return self.stream(environ, start_response, resp)
         return self.respond(environ, start_response, method, resp, content)
@@ -202,10 +228,14 @@ class ProxyApp:
         if not candidates:
             reason = self.waiting() or "zero endpoints currently available"
             self._no_endpoints("%s", reason)
-            raise ProxyError("503 Service Unavailable", "httpproxy: " + reason)
+            raise ProxyError("503 Service Unavailable", "httpproxy: " + reason, ZERO_ENDPOINTS)
+        meter = self.meter
         for endpoint in candidates:
             try:
-                return self.exchange(endpoint, method, target, headers, body, watch)
+                if meter is None:
+                    return self.exchange(endpoint, method, target, headers, body, watch)
+                return meter.attempt(self.exchange, endpoint, method, target, headers, body,
+                                     watch)
             except UpstreamError as exc:
                 if isinstance(exc, OutOfFiles):  # our limit, not the member's: keep it available
                     self._no_files("out of file descriptors for upstream connections, "
@@ -266,19 +296,26 @@ class ProxyApp:
         write = start_response(resp.status_text, resp.forward_headers())
         write(b"")  # pywsgi sends the headers on an explicit empty write
         guard = disconnect.watch(environ)
+        waiting = None
         try:
+            if is_watch(environ.get("QUERY_STRING", "")):  # a graceful stop may end it
+                waiting = self.watches.enter()
             for chunk in resp.stream():
                 if chunk:
                     yield chunk
         except UpstreamError as exc:
             log.info("watch stream from member ended: %s", exc)
+        except WatchEnded:
+            pass  # the proxy stops: the answer ends here, the client watches again
         finally:
+            if waiting is not None:
+                self.watches.leave(waiting)
             guard.cancel()
             resp.close()
 
     # --- coalesced watches ------------------------------------------------------------
 
-    def coalesced(self, environ, start_response, candidates, target):
+    def coalesced(self, environ, start_response, candidates, target, started=0.0):
         """A one-shot watch answered from the group of identical watches it joins.
 
         The member's headers are flushed as soon as the group has them (a
@@ -287,29 +324,38 @@ class ProxyApp:
         A plain function, not a generator: one C frame less in the stack each
         waiting client's greenlet saves (about 0.7 KB per client).
         """
-        group = guard = None
+        group = guard = waiting = None
         try:
             group = self.coalescer.join(
                 watch_key(target, environ.get("HTTP_AUTHORIZATION")),
                 self.watch_answer, candidates, target, environ)
             guard = disconnect.watch(environ)
-            status, response_hdrs = group.head.get()
+            status, response_hdrs, source = group.head.get()
+            if self.meter is not None:
+                self.meter.settled(environ, "GET", int(status[:3]), source, started)
             if group.body.ready():  # all there: one write, with its length
                 content = group.body.get()
                 start_response(status, _with_length(response_hdrs, content))
             else:
                 write = start_response(status, response_hdrs)
                 write(b"")
-                content = group.body.get()
+                try:
+                    waiting = self.watches.enter()
+                    content = group.body.get()
+                except WatchEnded:  # the proxy stops: the answer ends here, the client
+                    return []  # watches again
             return [content] if content else []
         finally:
+            if waiting is not None:
+                self.watches.leave(waiting)
             if guard is not None:
                 guard.cancel()
             if group is not None:
                 self.coalescer.leave(group)
 
     def watch_answer(self, candidates, target, environ):
-        """The shared upstream request of a group: yields (status, headers), then the body.
+        """The shared upstream request of a group: yields (status, headers, source), then
+        the body; ``source`` is the member's URL, or the drop reason of our own answer.
 
         Runs in the group's own greenlet, with the first client's request
         headers (only that client's are ever built); closing the generator
@@ -321,11 +367,11 @@ class ProxyApp:
             resp, _ = self.send(candidates, "GET", target, headers, b"", True)
         except ProxyError as exc:
             status, error_headers, content = exc.parts()
-            yield status, error_headers
+            yield status, error_headers, exc.reason
             yield content
             return
         try:
-            yield resp.status_text, resp.forward_headers()
+            yield resp.status_text, resp.forward_headers(), resp.member
             try:
                 content = resp.read()
             except UpstreamError as exc:

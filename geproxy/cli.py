@@ -17,8 +17,8 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
+from geproxy import logs, shutdown, tls, wiring  # noqa: E402
 from geproxy import settings as settings_mod  # noqa: E402
-from geproxy import tls, wiring  # noqa: E402
 from geproxy.bootstrap import check_conflicts  # noqa: E402
 from geproxy.datadir import ClusterFile  # noqa: E402
 from geproxy.errors import FatalError, UsageError  # noqa: E402
@@ -27,19 +27,6 @@ from geproxy.logs import fatal  # noqa: E402
 from geproxy.server import ProxyServer  # noqa: E402
 
 log = logging.getLogger("geproxy")
-
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-          "error": logging.ERROR}
-
-
-def setup_logging(level):
-    """One line per event on stdout (12-factor); never buffered."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(LEVELS[level])
 
 
 def preflight(settings):
@@ -74,7 +61,7 @@ def main(argv=None):
         settings, notes = settings_mod.parse(argv)
     except UsageError as exc:
         usage_error(exc)
-    setup_logging(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format, pid=settings.workers > 1)
     for level, message in notes:
         getattr(log, level)("%s", message)
     preflight(settings)
@@ -86,13 +73,15 @@ def main(argv=None):
 
 
 def serve(settings, tls_set):
-    """One process: listeners, the refresh greenlet, until SIGTERM or SIGINT."""
+    """One process: listeners, the refresh greenlet, until SIGTERM or SIGINT (shutdown.py)."""
     log.info("starting proxy in '%s' mode (this proxy supports the v2 API only)", settings.proxy)
     stopping = Event()
+    hurry = Event()  # stop at once: SIGINT, a second SIGTERM, a fatal error
     fatal_errors = []
 
     def on_fatal(exc):
         fatal_errors.append(exc)
+        hurry.set()
         stopping.set()
 
     soft, hard = raise_open_files_limit()
@@ -107,12 +96,21 @@ def serve(settings, tls_set):
                              header_timeout=wiring.seconds(
                                  settings.proxy_client_header_timeout),
                              tls_contexts=tls_set.listener_contexts(
-                                 settings.listen_client_urls))
+                                 settings.listen_client_urls),
+                             handler_class=parts.handler_class)
     except OSError as exc:
         fatal("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
+    if parts.exporter is not None:
+        parts.exporter.track(server.gate)
 
     def on_signal(signum):
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping.is_set() or signum == signal.SIGINT:
+            log.info("received %s, stopping at once", name)
+            hurry.set()
+        else:
+            log.info("received %s, shutting down: requests in flight get %d ms", name,
+                     settings.proxy_shutdown_timeout)
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -120,9 +118,12 @@ def serve(settings, tls_set):
     server.start()
     parts.start()
     stopping.wait()
-    server.drain()
+    cut = shutdown.graceful(server.servers, parts.app.watches,
+                            wiring.seconds(settings.proxy_shutdown_timeout), hurry)
+    if cut:
+        log.warning("cut %d client connection(s) still open", cut)
+    server.stop(timeout=0)
     parts.stop()
-    server.stop(timeout=1.0)
     parts.close()
     if fatal_errors:
         fatal(str(fatal_errors[0]))

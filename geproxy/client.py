@@ -182,6 +182,11 @@ class Response:
         self.relayable = not head.flagged and not self.streaming
 
     @property
+    def member(self):
+        """The base URL of the member that answered."""
+        return self._pool.base_url
+
+    @property
     def reason(self):
         return self._head.reason
 

@@ -22,8 +22,9 @@ member.  Here concurrent watches with the same key share one ``Group``:
   greenlet, which closes the upstream response, so the member drops its watcher.
 
 The group's greenlet runs ``answer``, a generator that yields
-``(status, headers)`` once and then the whole body, and closes the upstream
-response when it is closed (see ``ProxyApp.watch_answer``).
+``(status, headers, source)`` once (``source``: the member's URL, or why the
+proxy answers itself, for the metrics) and then the whole body, and closes the
+upstream response when it is closed (see ``ProxyApp.watch_answer``).
 
 What a client that joins a waiting group sees differs from a watch of its own
 in one way: the answer is the member's answer to the group's first request.
@@ -41,12 +42,13 @@ import gevent
 from gevent.event import AsyncResult
 
 from geproxy.errors import error_answer
+from geproxy.meter import FAILED_GETTING
 
 log = logging.getLogger("geproxy.coalesce")
 
 _BROKEN_STATUS, _BROKEN_HEADERS, _BROKEN_BODY = error_answer(
     "502 Bad Gateway", "httpproxy: shared watch failed")
-_BROKEN = (_BROKEN_STATUS, _BROKEN_HEADERS)
+_BROKEN = (_BROKEN_STATUS, _BROKEN_HEADERS, FAILED_GETTING)
 
 
 def watch_key(target, authorization):
@@ -65,7 +67,7 @@ class Group:
     def __init__(self, key):
         self.key = key
         self.clients = 0
-        self.head = AsyncResult()  # (status, headers) once the member answered
+        self.head = AsyncResult()  # (status, headers, source) once the member answered
         self.body = AsyncResult()  # the whole body, once it arrived
         self.greenlet = None
 
@@ -78,6 +80,10 @@ class Coalescer:
 
     def __len__(self):
         return len(self._groups)
+
+    def clients(self):
+        """Clients waiting in the groups (for the metrics)."""
+        return sum(group.clients for group in self._groups.values())
 
     def join(self, key, answer, *args):
         """The waiting group for ``key``; a new one runs ``answer(*args)`` upstream."""

@@ -119,6 +119,10 @@ class ClientGone(GreenletExit):
     """
 
 
+class WatchEnded(GreenletExit):
+    """The proxy is stopping: a watch waiting for an event ends now, cleanly."""
+
+
 # --- 5xx: no usable member answer ------------------------------------------------------
 
 

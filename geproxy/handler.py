@@ -504,6 +504,11 @@ class ProxyHandler(pywsgi.WSGIHandler):
         except OSError:
             pass
 
+    def close_after_answer(self):
+        """Close once the answer in progress is out (a graceful stop); its head says
+        ``Connection: close`` if it is not out yet."""
+        self._close = True
+
     def log_request(self):
-        """No per-request log line here (the access log is the app's)."""
+        """No per-request log line here (--access-log is accesslog.AccessLogHandler's)."""
 

@@ -8,10 +8,14 @@
   kernel, not refused).
 * The soft open-files limit is raised to the hard one: every client
   connection is a descriptor, and each watch that is not shared another.
+* ``unix://path`` listen URLs (etcd's ``unix://host:port`` too: a socket file
+  of that name) are Unix sockets; ``http://[::1]:port`` is IPv6.
 """
 
 import logging
+import os
 import socket
+import stat
 from urllib.parse import urlsplit
 
 log = logging.getLogger("geproxy.listeners")
@@ -47,20 +51,46 @@ def raise_open_files_limit():
     return soft, hard
 
 
+def unix_path(url):
+    """The socket path of a ``unix://path`` listen URL; None for http(s) URLs."""
+    return url[len("unix://"):] if url.startswith("unix://") else None
+
+
 def listen_address(url):
-    """('host', port) from an http://host:port listen URL."""
+    """('host', port) from an http(s)://host:port listen URL; (path, None) for unix://path."""
+    path = unix_path(url)
+    if path is not None:
+        return path, None
     parts = urlsplit(url)
     return parts.hostname, parts.port
 
 
+def bound_url(url, address):
+    """The listen URL as bound: the real port for port 0, IPv6 hosts in brackets."""
+    if unix_path(url) is not None:
+        return url
+    host, port = address[:2]
+    host = "[%s]" % host if ":" in host else host
+    return "%s://%s:%d" % (urlsplit(url).scheme, host, port)
+
+
 def make_listener(host, port, backlog=BACKLOG):
-    """A bound, listening TCP socket with SO_REUSEADDR and TCP_NODELAY."""
-    family, kind, proto, _name, addr = socket.getaddrinfo(
-        host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    """A bound, listening TCP socket with SO_REUSEADDR and TCP_NODELAY; with port None a
+    Unix socket at the path ``host`` (a socket file an earlier run left there is
+    replaced, as etcd does; any other file there is an error)."""
+    if port is None:
+        if os.path.exists(host) and stat.S_ISSOCK(os.stat(host).st_mode):
+            os.unlink(host)
+        sock, addr, options = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), host, ()
+    else:
+        family, kind, proto, _name, addr = socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        options = ((socket.SOL_SOCKET, socket.SO_REUSEADDR, 1),
+                   (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for option in options:
+            sock.setsockopt(*option)
         sock.bind(addr)
         sock.listen(backlog)
     except OSError:

@@ -122,6 +122,8 @@ class Membership:
         self.self_addresses = self_addresses or ()
         self.on_fatal = on_fatal
         self.last_refresh = None  # (wall time, ok, detail)
+        self.last_ok = None  # monotonic time of the last successful read
+        self.refreshes = {"ok": 0, "failed": 0}  # reads so far, by result (metrics)
         self.waiting = "waiting for the first member list"
         self._session = requests.Session()
         self._session.trust_env = False  # never send /members through an env proxy
@@ -161,12 +163,15 @@ class Membership:
             self.waiting = None
             self.last_refresh = (time.time(), True, "%d endpoint(s) from %s"
                                  % (len(client_urls), peer_url))
+            self.last_ok = time.monotonic()
+            self.refreshes["ok"] += 1
             log.debug("refreshed members from %s: %s", peer_url, client_urls)
             return True
         detail = "; ".join(errors) or "no peer URLs"
         log.warning("could not read the member list (%s); keeping %d known endpoint(s)",
                     detail, len(self.endpoints.all()))
         self.last_refresh = (time.time(), False, detail)
+        self.refreshes["failed"] += 1
         return False
 
     def _store_peers(self):

@@ -19,6 +19,7 @@ sharing one pool and one Gate.  Under ``--workers`` gunicorn makes them
 
 import errno
 import logging
+import os
 import types
 
 from gevent import pywsgi
@@ -26,7 +27,7 @@ from gevent.pool import Pool
 
 from geproxy.admission import Gate
 from geproxy.handler import ProxyHandler
-from geproxy.listeners import listen_address, make_listener
+from geproxy.listeners import bound_url, listen_address, make_listener, unix_path
 from geproxy.logs import Every
 
 log = logging.getLogger("geproxy.server")
@@ -110,6 +111,8 @@ class PyWSGIServer(pywsgi.WSGIServer):
         for handler in list(self.connections):
             if handler.idle and handler.greenlet is not None:
                 handler.greenlet.kill(block=False)
+            else:
+                handler.close_after_answer()
 
 
 class ProxyServer:
@@ -119,12 +122,15 @@ class ProxyServer:
     listeners (0 = only the open-files limit); ``idle_timeout`` closes a
     keep-alive connection that sends no new request for that many seconds
     and ``header_timeout`` one whose started head does not complete (0 =
-    never).  ``tls_contexts`` maps an https listen URL to its SSLContext.
+    never).  ``tls_contexts`` maps an https listen URL to its SSLContext;
+    ``handler_class`` replaces ProxyHandler (the access log's subclass).
     """
 
     def __init__(self, app, listen_urls, max_connections=0, idle_timeout=0.0,
-                 header_timeout=0.0, tls_contexts=None):
+                 header_timeout=0.0, tls_contexts=None, handler_class=None):
         self.servers = []
+        self.urls = list(listen_urls)
+        extra = {"handler_class": handler_class} if handler_class is not None else {}
         pool = Pool()  # unbounded: the Gate sheds over the cap instead of pausing accept
         self.gate = Gate(max_connections)
         tls_contexts = tls_contexts or {}
@@ -134,9 +140,9 @@ class ProxyServer:
                 listener = make_listener(host, port)
                 server = PyWSGIServer(
                     listener, app, spawn=pool, gate=self.gate,
-                    environ={"SERVER_NAME": host, "SERVER_PORT": str(port)},
+                    environ={"SERVER_NAME": host, "SERVER_PORT": str(port or "")},
                     idle_timeout=idle_timeout, header_timeout=header_timeout,
-                    ssl_context=tls_contexts.get(url))
+                    ssl_context=tls_contexts.get(url), **extra)
                 self.servers.append(server)
         except OSError:
             self.close()
@@ -147,10 +153,9 @@ class ProxyServer:
         return [server.address for server in self.servers]
 
     def start(self):
-        for server in self.servers:
+        for url, server in zip(self.urls, self.servers):
             server.start()
-            log.info("listening for client requests on %s://%s:%s",
-                     "https" if server.ssl_context is not None else "http", *server.address[:2])
+            log.info("listening for client requests on %s", bound_url(url, server.address))
 
     def close(self):
         """Stop accepting new connections."""
@@ -162,6 +167,14 @@ class ProxyServer:
             server.drain()
 
     def stop(self, timeout=1.0):
+        """Stop accepting, close idle connections; the rest are cut after ``timeout`` s."""
+        self.drain()
+        if self.servers:
+            self.servers[0].pool.join(timeout=timeout)  # one pool for all listeners
         for server in self.servers:
-            server.stop(timeout=timeout)
+            server.stop(timeout=0)
         self.gate.close()
+        for url in self.urls:
+            path = unix_path(url)
+            if path is not None and os.path.exists(path):  # as etcd: the socket file goes
+                os.unlink(path)

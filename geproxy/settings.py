@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 from geproxy.errors import SettingError, UsageError
 from geproxy.values import (  # noqa: F401 (GO_TRUE and TRANSPORTS are read from here)
-    GO_TRUE, TRANSPORTS, parse_balance, parse_bool, parse_cipher_suites, parse_count,
-    parse_discovery_url, parse_host_port, parse_initial_cluster, parse_listen_urls,
-    parse_log_level, parse_mode, parse_ms, parse_optional_url, parse_positive, parse_text,
-    parse_transport, parse_url_list)
+    GO_TRUE, TRANSPORTS, parse_balance, parse_bool, parse_cipher_suites, parse_cors,
+    parse_count, parse_discovery_url, parse_host_port, parse_initial_cluster,
+    parse_listen_urls, parse_log_format, parse_log_level, parse_metrics, parse_mode, parse_ms,
+    parse_optional_url, parse_positive, parse_text, parse_transport, parse_url_list)
 
 PROG = "gevent-etcdproxy"
 ENV_PREFIX = "ETCD_"
@@ -61,7 +61,8 @@ SETTINGS = (
             "(other methods get 501). 'off' is refused: this program is only a proxy."),
     Setting("listen-client-urls", parse_listen_urls, "http://localhost:2379",
             "Comma-separated http://host:port or https://host:port URLs to listen on for "
-            "client traffic (https needs --cert-file and --key-file, or --auto-tls)."),
+            "client traffic (https needs --cert-file and --key-file, or --auto-tls); IPv6 "
+            "hosts in brackets; unix://path listens on a Unix socket."),
     Setting("initial-cluster", parse_initial_cluster, "default=http://localhost:2380",
             "Comma-separated name=peerURL list of the cluster's members; the proxy "
             "reads the member list from these peer URLs (only the URLs are used)."),
@@ -127,6 +128,23 @@ SETTINGS = (
             "HTTP proxy used for discovery traffic only."),
     Setting("log-level", parse_log_level, "info",
             "Log level: debug, info, warn or error. Logs go to stdout."),
+    Setting("log-format", parse_log_format, "text",
+            "Log line format: 'text', or 'json' (one object per line with level, ts, msg "
+            "and fields, as etcd 3.4's zap logger)."),
+    Setting("access-log", parse_bool, "false",
+            "Log one line per request: method, target, status, member, duration in ms, "
+            "body bytes, client.", boolean=True),
+    Setting("metrics", parse_metrics, "basic",
+            "Prometheus metrics on /metrics: 'basic' or 'extensive' (etcd's values; the same "
+            "here), or 'off' (nothing counted; /metrics answers 404, never a member's)."),
+    Setting("cors", parse_cors, "*",
+            "Comma-separated origins allowed for CORS (scheme://host:port each), or '*' for "
+            "every origin, as etcd 3.4; a CORS header a member's answer already has is not "
+            "added again."),
+    Setting("proxy-shutdown-timeout", parse_ms, "10000",
+            "Milliseconds requests in flight get to finish after SIGTERM (new connections "
+            "are refused at once, idle ones closed, waiting watches ended); then the rest "
+            "is cut. A second SIGTERM, or SIGINT, stops at once."),
     # TLS, as etcd 3.4's proxy reads these flags (see the README's TLS section).
     Setting("cert-file", parse_text, "",
             "Client-side TLS certificate (PEM): served on https listen URLs, and presented "

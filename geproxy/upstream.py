@@ -59,6 +59,7 @@ class UpstreamResponse:
     streaming = False
     relayable = False  # raw_fields may go to the client as they are (see headers.RELAY)
     raw_fields = b""
+    member = ""  # the base URL of the member that answered
 
     @property
     def status_text(self):
@@ -83,10 +84,11 @@ class UpstreamResponse:
 
 
 class _RequestsResponse(UpstreamResponse):
-    __slots__ = ("_resp", "status", "reason", "headers", "streaming")
+    __slots__ = ("_resp", "status", "reason", "headers", "streaming", "member")
 
-    def __init__(self, resp, method):
+    def __init__(self, resp, method, member):
         self._resp = resp
+        self.member = member
         raw = resp.raw
         self.status = raw.status
         self.reason = raw.reason or ""
@@ -194,7 +196,7 @@ class RequestsTransport:
                                 OSError)):
                 raise UpstreamError(str(exc)) from None
             raise
-        return _RequestsResponse(resp, method)
+        return _RequestsResponse(resp, method, base_url)
 
     def close(self):
         for session in self._sessions.values():

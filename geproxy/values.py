@@ -74,6 +74,8 @@ BALANCES = ("least-connections", "first")
 parse_transport = choice(*TRANSPORTS)
 parse_balance = choice(*BALANCES)
 parse_log_level = choice("debug", "info", "warn", "error", aliases={"warning": "warn"})
+parse_log_format = choice("text", "json", aliases={"console": "text"})  # etcd 3.5's spelling
+parse_metrics = choice("basic", "extensive", "off")  # etcd's two levels; "off" is ours
 
 
 def parse_positive(text):
@@ -145,11 +147,24 @@ def _host_port_url(text, what, schemes):
     return "%s://%s" % (parts.scheme, parts.netloc)
 
 
+def _unix_url(text):
+    """``unix://path``: a Unix socket at that path (relative or absolute); etcd's
+    ``unix://host:port`` form names a socket file ``host:port``, and so does this."""
+    raw = text.strip()
+    if raw.startswith("unixs:"):
+        raise SettingError("%r: unixs:// (TLS on a Unix socket) is not supported" % raw)
+    path = raw[len("unix://"):] if raw.startswith("unix://") else ""
+    if not path or "?" in path or "#" in path:
+        raise SettingError("%r must have the form unix://path" % raw)
+    return "unix://" + path
+
+
 def parse_listen_urls(text):
     urls = [item for item in (part.strip() for part in text.split(",")) if item]
     if not urls:
         raise SettingError("needs at least one URL")
-    out = [_host_port_url(url, "listen", ("http", "https")) for url in urls]
+    out = [_unix_url(url) if url.startswith("unix") else
+           _host_port_url(url, "listen", ("http", "https")) for url in urls]
     if len(set(out)) != len(out):
         raise SettingError("lists the same URL twice")
     return tuple(out)
@@ -224,3 +239,31 @@ def parse_cipher_suites(text):
         except ssl.SSLError:
             raise SettingError("this OpenSSL supports none of these suites") from None
     return ciphers
+
+
+CORS_SCHEMES = ("http", "https", "unix", "unixs")
+
+
+def parse_cors(text):
+    """``--cors`` as etcd 3.4: ``*`` (every origin), or a comma list of origins, each
+    scheme://host:port with scheme http, https, unix or unixs and no path (Go's
+    types.NewURLs); ``--cors ''`` and lists mixing ``*`` with origins are refused."""
+    if text.strip() == "*":
+        return ("*",)
+    out = []
+    for item in text.split(","):
+        raw = item.strip()
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError as exc:
+            raise SettingError("%r is not a valid origin URL (%s)" % (raw, exc)) from None
+        if parts.scheme not in CORS_SCHEMES:
+            raise SettingError("%r: URL scheme must be http, https, unix, or unixs "
+                               "(or the whole value '*')" % raw)
+        if port is None:
+            raise SettingError('URL address does not have the form "host:port": %s' % raw)
+        if parts.path or parts.query or parts.fragment:
+            raise SettingError("URL must not contain a path: %s" % raw)
+        out.append("%s://%s" % (parts.scheme, parts.netloc))
+    return tuple(dict.fromkeys(out))

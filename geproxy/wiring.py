@@ -7,16 +7,22 @@ The TLS contexts (tls) are made before, once per process tree (``tls.load``,
 whose errors exit 2), and given to the member-list reads, the member client
 and the listeners.  Both the single process (cli) and each worker process
 (workers) call ``build``; nothing runs until ``Parts.start()``, which also
-starts watching the certificate files.
+starts watching the certificate files.  Around forwarding: the counting for
+the metrics (meter, metrics), CORS (cors) and the access log's handler class
+(accesslog), each only when its flag asks for it.
 """
 
+from geproxy.accesslog import handler_class
 from geproxy.app import ProxyApp
 from geproxy.bootstrap import Bootstrap
+from geproxy.cors import Cors
 from geproxy.datadir import ClusterFile
 from geproxy.endpoints import EndpointSet
 from geproxy.lag import LoopLag
-from geproxy.listeners import listen_address
+from geproxy.listeners import listen_address, unix_path
 from geproxy.membership import Membership, SelfAddresses
+from geproxy.meter import Meter
+from geproxy.metrics import Exporter
 from geproxy.upstream import make_transport
 
 
@@ -26,31 +32,46 @@ def seconds(ms):
 
 
 class Parts:
-    """One process's app and the pieces behind it that run or need closing."""
+    """One process's app and the pieces behind it that run or need closing.
 
-    def __init__(self, app, membership, transport, lag, tls):
+    ``exporter`` (metrics.Exporter, None with --metrics off) wants the
+    listeners' Gates (``exporter.track``); ``handler_class`` is the
+    connection handler to serve with.
+    """
+
+    def __init__(self, app, membership, transport, lag, tls, exporter=None,
+                 handler_class=None):
         self.app = app
         self.membership = membership
         self.transport = transport
         self.lag = lag
         self.tls = tls
+        self.exporter = exporter
+        self.handler_class = handler_class
 
     def start(self):
         self.lag.start()
         self.tls.start()
+        if self.exporter is not None:
+            self.exporter.start()
         return self.membership.start()
 
     def stop(self):
         self.membership.stop()
         self.tls.stop()
         self.lag.stop()
+        if self.exporter is not None:
+            self.exporter.stop()
 
     def close(self):
         self.transport.close()
 
 
-def build(settings, tls, on_fatal=None):
-    """The WSGI app and its background parts for ``settings``, with ``tls`` (tls.TLS)."""
+def build(settings, tls, on_fatal=None, metrics_dir=None):
+    """The WSGI app and its background parts for ``settings``, with ``tls`` (tls.TLS).
+
+    ``metrics_dir``: the workers' shared metrics folder (metrics.py), under --workers.
+    """
     cluster_file = ClusterFile(settings.data_dir_path)
     endpoints = EndpointSet(failure_wait=seconds(settings.proxy_failure_wait),
                             balance=settings.proxy_balance)
@@ -60,7 +81,8 @@ def build(settings, tls, on_fatal=None):
         refresh_interval=seconds(settings.proxy_refresh_interval),
         dial_timeout=seconds(settings.proxy_dial_timeout),
         cluster_file=cluster_file,
-        self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls),
+        self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls
+                                     if unix_path(u) is None),
         on_fatal=on_fatal, tls_context=tls.peer)
     lag = LoopLag()
     transport = make_transport(settings.proxy_transport,
@@ -76,10 +98,18 @@ def build(settings, tls, on_fatal=None):
             doc["waiting"] = bootstrap.waiting
         return doc
 
+    metrics_on = settings.metrics != "off"
+    meter = Meter() if metrics_on or settings.access_log else None  # the log names the member
+    exporter = Exporter(meter, endpoints, transport, membership,
+                        merged_dir=metrics_dir) if metrics_on else None
     app = ProxyApp(endpoints, transport, readonly=settings.readonly,
                    max_body=settings.proxy_max_request_bytes,
                    header_timeout=seconds(settings.proxy_header_timeout),
                    status=status,
                    waiting=lambda: bootstrap.waiting,
-                   coalesce_watches=settings.proxy_coalesce_watches)
-    return Parts(app, membership, transport, lag, tls)
+                   coalesce_watches=settings.proxy_coalesce_watches,
+                   meter=meter, metrics=exporter, cors=Cors(settings.cors))
+    if exporter is not None:
+        exporter.coalescer = app.coalescer  # made by the app
+    return Parts(app, membership, transport, lag, tls, exporter,
+                 handler_class(settings.access_log))

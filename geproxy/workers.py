@@ -28,8 +28,10 @@ Differences: each worker has its own member list and failure marks, and
 """
 
 import logging
+import math
 import os
 import random
+import signal
 import socket
 import time
 
@@ -40,8 +42,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
+from geproxy import metrics, shutdown, wiring
 from geproxy import settings as settings_mod
-from geproxy import wiring
 from geproxy.admission import Gate
 from geproxy.handler import ProxyHandler
 from geproxy.listeners import listen_address, raise_open_files_limit
@@ -50,7 +52,7 @@ from geproxy.server import PyWSGIServer
 
 log = logging.getLogger("geproxy.workers")
 
-GRACEFUL_TIMEOUT = 10  # seconds a stopping worker lets requests (watches) finish
+GRACEFUL_MARGIN = 2  # seconds the arbiter waits beyond --proxy-shutdown-timeout for workers
 WORKER_CONNECTIONS = 1 << 20  # gunicorn's pool per listener; the Gate caps below it
 START_JITTER = 1.0  # seconds: workers read the member list at different times
 READY_WAIT = 2.0  # seconds a new worker waits for its first member list before serving
@@ -65,12 +67,15 @@ class ProxyWorker(GeventPyWSGIWorker):
                      **ssl_args):
         """Called by gunicorn's run() once per listener; its ``log`` (access log) is dropped."""
         settings = self.app.settings
+        parts = self.app.parts
         server = PyWSGIServer(
-            listener, application, spawn=spawn, handler_class=handler_class,
+            listener, application, spawn=spawn, handler_class=parts.handler_class,
             environ=environ, gate=Gate(settings.proxy_max_connections),
             idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
             header_timeout=wiring.seconds(settings.proxy_client_header_timeout),
             ssl_context=self.app.ssl_context(listener), **ssl_args)
+        if parts.exporter is not None:
+            parts.exporter.track(server.gate)
         self.servers.append(server)
         return server
 
@@ -79,10 +84,22 @@ class ProxyWorker(GeventPyWSGIWorker):
         super().init_process()
 
     def handle_exit(self, sig, frame):
-        """SIGTERM from the arbiter: gunicorn's graceful stop, idle connections closed now."""
-        super().handle_exit(sig, frame)
-        for server in self.servers:
-            server.drain()
+        """SIGTERM from the arbiter: the graceful stop (shutdown.py), as in one process.
+
+        gunicorn's run() then sees the connections gone (it looks once a
+        second) and returns; its own wait is longer than ours.
+        """
+        stopping, self.alive = not self.alive, False
+        if stopping or self.app.parts is None:  # SIGTERM twice (from the platform and
+            return  # from the arbiter), or still loading: run() returns once loaded
+        gevent.spawn(shutdown.graceful, self.servers, self.app.parts.app.watches,
+                     wiring.seconds(self.app.settings.proxy_shutdown_timeout))
+
+    def run(self):
+        try:
+            super().run()
+        finally:
+            self.app.parts.stop()  # the last counts go to the metrics files
 
 
 class GunicornLog(glogging.Logger):
@@ -97,6 +114,8 @@ class GunicornLog(glogging.Logger):
 
 def _bind(url):
     host, port = listen_address(url)
+    if port is None:
+        return "unix:" + host
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
@@ -120,7 +139,26 @@ def _fatal(exc):
     fatal(str(exc), Arbiter.WORKER_BOOT_ERROR)
 
 
-def load_worker_app(settings, tls_set):
+class ProxyArbiter(Arbiter):
+    """gunicorn's arbiter; a second SIGTERM during the graceful stop stops at once.
+
+    gunicorn's own stop() only hurries for SIGINT or SIGQUIT, so a SIGTERM that
+    arrives while it stops is queued as SIGINT.
+    """
+
+    stopping = False
+
+    def signal(self, sig, frame):
+        if sig == signal.SIGTERM and self.stopping:
+            sig = signal.SIGINT
+        super().signal(sig, frame)
+
+    def stop(self, graceful=True):
+        self.stopping = True
+        super().stop(graceful)
+
+
+def load_worker_app(settings, tls_set, metrics_dir=None):
     """The WSGI app of one worker, built after the fork.
 
     The member-list reads start after a random delay so that N workers do not
@@ -129,21 +167,23 @@ def load_worker_app(settings, tls_set):
     still answers 503 while its siblings serve.  Until then the kernel queues
     new connections for the other workers.
     """
-    parts = wiring.build(settings, tls_set, on_fatal=_fatal)
+    parts = wiring.build(settings, tls_set, on_fatal=_fatal, metrics_dir=metrics_dir)
     gevent.sleep(random.uniform(0, START_JITTER))
     parts.start()
     deadline = time.monotonic() + READY_WAIT
     while parts.membership.last_refresh is None and time.monotonic() < deadline:
         gevent.sleep(0.02)
-    return parts.app
+    return parts
 
 
 class ProxyApplication(BaseApplication):
     """gunicorn configured from our settings only (no config file, no GUNICORN_CMD_ARGS)."""
 
-    def __init__(self, settings, tls_set):
+    def __init__(self, settings, tls_set, metrics_dir=None):
         self.settings = settings
         self.tls = tls_set
+        self.metrics_dir = metrics_dir
+        self.parts = None  # in a worker, once loaded
         self._contexts = {address: context for url, context in
                           tls_set.listener_contexts(settings.listen_client_urls).items()
                           for address in _addresses(url)}
@@ -159,7 +199,9 @@ class ProxyApplication(BaseApplication):
             "workers": self.settings.workers,
             "worker_class": ProxyWorker,
             "worker_connections": WORKER_CONNECTIONS,
-            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "graceful_timeout": math.ceil(self.settings.proxy_shutdown_timeout / 1000.0)
+            + GRACEFUL_MARGIN,
+            "child_exit": self.child_exit,
             "accesslog": None,
             "logger_class": GunicornLog,
             "proc_name": settings_mod.PROG,
@@ -168,21 +210,32 @@ class ProxyApplication(BaseApplication):
         for name, value in options.items():
             self.cfg.set(name, value)
 
+    def child_exit(self, arbiter, worker):
+        """gunicorn's hook in the arbiter when it reaped a worker: its live gauges go."""
+        if self.metrics_dir is not None:
+            metrics.mark_worker_dead(worker.pid, self.metrics_dir)
+
     def load(self):
-        return load_worker_app(self.settings, self.tls)
+        self.parts = load_worker_app(self.settings, self.tls, self.metrics_dir)
+        return self.parts.app
+
+    def run(self):
+        """BaseApplication.run with our arbiter."""
+        try:
+            ProxyArbiter(self).run()
+        except RuntimeError as exc:
+            fatal("gunicorn: %s" % exc)
 
 
 def serve_workers(settings, tls_set):
     """Run the arbiter until SIGTERM (graceful) or SIGINT (quick); 0, or 1 on a fatal error."""
     log.info("starting proxy in '%s' mode with %d worker processes (this proxy supports "
              "the v2 API only)", settings.proxy, settings.workers)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    for handler in logging.getLogger().handlers:  # several processes share stdout
-        handler.setFormatter(fmt)
     raise_open_files_limit()  # inherited by the workers
+    metrics_dir = metrics.prepare_multiprocess_dir() if settings.metrics != "off" else None
     arbiter_pid = os.getpid()
     try:
-        ProxyApplication(settings, tls_set).run()
+        ProxyApplication(settings, tls_set, metrics_dir).run()
     except SystemExit as exc:
         if os.getpid() != arbiter_pid:  # a worker leaving gunicorn's fork: let it exit
             raise
@@ -190,5 +243,8 @@ def serve_workers(settings, tls_set):
             return 1
     except HaltServer:  # gunicorn raises it again if a second worker fails while halting
         return 1
+    finally:
+        if metrics_dir is not None and os.getpid() == arbiter_pid:
+            metrics.remove_multiprocess_dir(metrics_dir)
     log.info("stopped")
     return 0

@@ -76,6 +76,12 @@ ENV_CASES = [
     ("ETCD_PROXY_MAX_REQUEST_BYTES", "16", "proxy_max_request_bytes", 16),
     ("ETCD_PROXY_TRANSPORT", "requests", "proxy_transport", "requests"),
     ("ETCD_LOG_LEVEL", "debug", "log_level", "debug"),
+    ("ETCD_LOG_FORMAT", "json", "log_format", "json"),
+    ("ETCD_ACCESS_LOG", "true", "access_log", True),
+    ("ETCD_METRICS", "off", "metrics", "off"),
+    ("ETCD_CORS", "http://a.example:80,https://b.example:443", "cors",
+     ("http://a.example:80", "https://b.example:443")),
+    ("ETCD_PROXY_SHUTDOWN_TIMEOUT", "20", "proxy_shutdown_timeout", 20),
     ("ETCD_INITIAL_CLUSTER_TOKEN", "tok", "initial_cluster_token", "tok"),
     ("ETCD_INITIAL_CLUSTER_STATE", "existing", "initial_cluster_state", "existing"),
     ("ETCD_ADVERTISE_CLIENT_URLS", "http://127.0.0.1:5", "advertise_client_urls",
@@ -197,6 +203,14 @@ BAD_INPUTS = [
     ([], {"ETCD_CIPHER_SUITES": "RC4"}, "ETCD_CIPHER_SUITES"),
     ([], {"ETCD_PROXY_FAILURE_WAIT": "soon"}, "ETCD_PROXY_FAILURE_WAIT"),
     ([], {"ETCD_PROXY": "bogus"}, "ETCD_PROXY"),
+    (["--cors", "http://a.example"], {}, "--cors"),  # etcd 3.4: no port, exit 2
+    (["--cors", ""], {}, "--cors"),
+    (["--cors", "http://a.example:80,*"], {}, "--cors"),
+    (["--cors", "http://a.example:80/path"], {}, "--cors"),
+    ([], {"ETCD_CORS": "ftp://a.example:21"}, "ETCD_CORS"),
+    (["--listen-client-urls", "unix://"], {}, "--listen-client-urls"),
+    (["--log-format", "xml"], {}, "--log-format"),
+    (["--metrics", "none"], {}, "--metrics"),
 ]
 
 
@@ -241,3 +255,19 @@ def test_markdown_table_has_a_row_per_setting():
 
 def test_transports_match_upstream():
     assert settings.TRANSPORTS == tuple(geproxy.upstream.TRANSPORTS)
+
+
+def test_listen_urls_keep_ipv6_brackets_and_unix_paths():
+    urls = "http://[::1]:2379,unix:///tmp/geproxy.sock,unix://localhost:2380"
+    s, _ = parse(["--listen-client-urls", urls], {})
+    assert s.listen_client_urls == ("http://[::1]:2379", "unix:///tmp/geproxy.sock",
+                                    "unix://localhost:2380")
+
+
+@pytest.mark.parametrize("text,origins", [
+    ("*", ("*",)),
+    ("http://a.example:80", ("http://a.example:80",)),
+    (" https://b.example:443 , unix://c:1 ", ("https://b.example:443", "unix://c:1")),
+])
+def test_cors_values_as_etcd(text, origins):
+    assert parse(["--cors", text], {})[0].cors == origins

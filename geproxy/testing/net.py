@@ -31,7 +31,8 @@ def free_port(host="127.0.0.1"):
     Someone else may take it before it is used again; LocalCluster.start()
     and ProxyProcess.start() retry with fresh ports when that happens.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 

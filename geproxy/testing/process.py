@@ -44,19 +44,19 @@ def _die_with_parent():
     return setup
 
 
-def spawn(cmd, log_path=None, env=None):
+def spawn(cmd, log_path=None, env=None, cwd=None):
     """Start cmd in its own session, dying with us; output appended to log_path.
 
     log_path None leaves stdout and stderr on our own (the terminal of
     ``python -m geproxy.testing``).
     """
     if log_path is None:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env,
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
                                 start_new_session=True, preexec_fn=_die_with_parent())
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env=env, start_new_session=True,
+                                env=env, cwd=cwd, start_new_session=True,
                                 preexec_fn=_die_with_parent())
 
 
