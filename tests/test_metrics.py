@@ -5,7 +5,9 @@ where a test decides exactly which member fails and how; the end-to-end tests ru
 a proxy process in front of the real cluster, with one worker and with two.
 """
 
+import os
 import re
+import signal
 import threading
 from contextlib import contextmanager
 
@@ -230,6 +232,21 @@ def test_with_two_workers_a_scrape_sums_over_both(cluster, start_proxy):
                          if s.name == "process_resident_memory_bytes"}) == 2)
 
     poll(summed, timeout=10, what="the scrape to count %d requests over both workers" % sent)
+
+
+def test_a_dead_workers_gauges_do_not_linger(cluster, start_proxy):
+    proxy = start_proxy(cluster.initial_cluster, args=["--workers", "2"])
+    poll(lambda: len(children(proxy.pid)) == 2, timeout=10, what="two workers")
+    workers = children(proxy.pid)
+
+    def live():  # the workers with live gauges in a scrape
+        return {int(s.labels["pid"]) for s in read_metrics(proxy.url)
+                if s.name == "process_resident_memory_bytes"}
+
+    poll(lambda: live() == set(workers), timeout=10, what="both workers' gauges")
+    os.kill(workers[0], signal.SIGKILL)  # gunicorn reaps it and starts another
+    poll(lambda: workers[0] not in live() and len(live()) == 2, timeout=15,
+         what="the dead worker's gauges to go and its replacement's to come")
 
 
 def test_readonly_proxy_serves_metrics_for_any_method(http, readonly_proxy):

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from geproxy.testing import etcd_env, free_port, http, http_json, spawn, tail, v2_put
 from geproxy.testing.procfs import process_tree
 from tests.helpers import REPO, poll
@@ -57,6 +59,7 @@ def stop(proc):
     proc.wait(timeout=10)
 
 
+@pytest.mark.timeout(INSTALL_TIMEOUT + 120)
 def test_procfile_web_process_serves_puts_and_gets(cluster, tmp_path):
     app, venv, log = tmp_path / "app", tmp_path / "venv", str(tmp_path / "honcho.log")
     build(app, venv)
