@@ -25,16 +25,16 @@ import logging
 
 from geproxy import disconnect
 from geproxy.coalesce import Coalescer, watch_key
+from geproxy.cors import CORS, start
 from geproxy.endpoints import BINDING
 from geproxy.errors import (BadRequest, BodyTooLarge, MemberTimeout, OutOfFiles, UpstreamError,
-                            error_answer)
-from geproxy.errors import WatchEnded
+                            WatchEnded, error_answer)
 from geproxy.headers import RELAY, request_headers, request_target
 from geproxy.logs import Every
 from geproxy.meter import FAILED_GETTING, ZERO_ENDPOINTS
 from geproxy.metrics import METRICS_PATH, metrics_page
-from geproxy.shutdown import Watches
 from geproxy.settings import GO_TRUE
+from geproxy.shutdown import Watches
 
 log = logging.getLogger("geproxy.app")
 
@@ -56,9 +56,9 @@ class ProxyError(Exception):
         return error_answer(self.status, self.message)
 
 
-def _json_error(start_response, status, message, close=False):
+def _json_error(environ, start_response, status, message, close=False):
     status, headers, body = error_answer(status, message, close)
-    start_response(status, headers)
+    start(environ, start_response, status, headers)
     return [body]
 
 
@@ -154,28 +154,30 @@ class ProxyApp:
         if self.readonly and environ["REQUEST_METHOD"] != "GET":
             start_response("501 Not Implemented", [("Content-Length", "0")])
             return []
-        if self.cors is not None:
-            return self.cors(environ, start_response, self.route)
-        return self.route(environ, start_response)
-
-    def route(self, environ, start_response):
+        cors = self.cors
+        if cors is not None:
+            answer = cors.everyone if cors.any else cors.answer(environ)
+            if environ["REQUEST_METHOD"] == "OPTIONS":
+                return cors.preflight(answer, start_response)
+            if answer is not None:
+                environ[CORS] = answer
         if environ.get("PATH_INFO") == CONFIG_PATH:
-            return self.local_config(environ["REQUEST_METHOD"], start_response)
+            return self.local_config(environ, start_response)
         return self.forward(environ, start_response)
 
     # --- local endpoint -------------------------------------------------------------
 
-    def local_config(self, method, start_response):
-        if method != "GET":
+    def local_config(self, environ, start_response):
+        if environ["REQUEST_METHOD"] != "GET":
             body = b"Method Not Allowed\n"
-            start_response("405 Method Not Allowed", [
+            start(environ, start_response, "405 Method Not Allowed", [
                 ("Allow", "GET"), ("Content-Type", "text/plain; charset=utf-8"),
                 ("X-Content-Type-Options", "nosniff"), ("Content-Length", str(len(body)))])
             return [body]
         doc = {"endpoints": [ep.url for ep in self.endpoints.available()]}
         doc.update(self.status())
         body = json.dumps(doc).encode() + b"\n"
-        start_response("200 OK", [("Content-Type", "application/json"),
+        start(environ, start_response, "200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])
         return [body]
 
@@ -189,11 +191,11 @@ class ProxyApp:
             body = b"" if "CONTENT_LENGTH" not in environ and \
                 "HTTP_TRANSFER_ENCODING" not in environ else read_body(environ, self.max_body)
         except BodyTooLarge:
-            return _json_error(start_response, BodyTooLarge.status,
+            return _json_error(environ, start_response, BodyTooLarge.status,
                                "httpproxy: request body larger than %d bytes" % self.max_body,
                                close=True)
         except BadRequest as exc:  # malformed chunked framing, a body cut short
-            return _json_error(start_response, exc.status,
+            return _json_error(environ, start_response, exc.status,
                                "httpproxy: failed to read request body: %s" % exc, close=True)
         target = environ.get("RAW_URI")
         if not target or target[0] != "/":
@@ -210,7 +212,7 @@ class ProxyApp:
         except ProxyError as exc:
             if meter is not None:
                 meter.settled(environ, method, 0, exc.reason, started)
-            return _json_error(start_response, exc.status, exc.message)
+            return _json_error(environ, start_response, exc.status, exc.message)
         if meter is not None:
             meter.settled(environ, method, resp.status, resp.member, started)
         if content is None:
@@ -232,11 +234,13 @@ class ProxyApp:
         meter = self.meter
         for endpoint in candidates:
             try:
-                if meter is None:
-                    return self.exchange(endpoint, method, target, headers, body, watch)
-                return meter.attempt(self.exchange, endpoint, method, target, headers, body,
-                                     watch)
+                answer = self.exchange(endpoint, method, target, headers, body, watch)
+                if meter is not None:
+                    meter.answered(endpoint.url, answer[0].head_seconds)
+                return answer
             except UpstreamError as exc:
+                if meter is not None:
+                    meter.failed(method, endpoint.url)
                 if isinstance(exc, OutOfFiles):  # our limit, not the member's: keep it available
                     self._no_files("out of file descriptors for upstream connections, "
                                    "answering 503: %s", exc)
@@ -286,14 +290,16 @@ class ProxyApp:
         """
         relay = environ.get(RELAY)
         if relay is not None and resp.relayable:
-            relay(resp.status_text, resp.raw_fields)
+            answer = environ.get(CORS)
+            relay(resp.status_text, resp.raw_fields if answer is None
+                  else answer.add_block(resp.raw_fields))
         else:
-            start_response(resp.status_text, resp.forward_headers())
+            start(environ, start_response, resp.status_text, resp.forward_headers())
         return [content] if method != "HEAD" else []
 
     def stream(self, environ, start_response, resp):
         """Flush the headers now, then each chunk as the member sends it."""
-        write = start_response(resp.status_text, resp.forward_headers())
+        write = start(environ, start_response, resp.status_text, resp.forward_headers())
         write(b"")  # pywsgi sends the headers on an explicit empty write
         guard = disconnect.watch(environ)
         waiting = None
@@ -335,9 +341,9 @@ class ProxyApp:
                 self.meter.settled(environ, "GET", int(status[:3]), source, started)
             if group.body.ready():  # all there: one write, with its length
                 content = group.body.get()
-                start_response(status, _with_length(response_hdrs, content))
+                start(environ, start_response, status, _with_length(response_hdrs, content))
             else:
-                write = start_response(status, response_hdrs)
+                write = start(environ, start_response, status, response_hdrs)
                 write(b"")
                 try:
                     waiting = self.watches.enter()

@@ -163,10 +163,10 @@ class Response:
     the connection to the pool only if the body was read completely.
     """
 
-    __slots__ = ("status", "status_text", "raw_fields", "streaming", "relayable", "_head",
-                 "_pool", "_wire", "_buf", "_read_timeout", "_done")
+    __slots__ = ("status", "status_text", "raw_fields", "streaming", "relayable", "head_seconds",
+                 "_head", "_pool", "_wire", "_buf", "_read_timeout", "_done")
 
-    def __init__(self, pool, wire, head, raw_fields, buf, read_timeout, no_body):
+    def __init__(self, pool, wire, head, raw_fields, buf, read_timeout, no_body, head_seconds):
         self._pool = pool
         self._wire = wire
         self._head = head
@@ -175,6 +175,7 @@ class Response:
         self.status = head.status
         self.status_text = head.status_text
         self.raw_fields = raw_fields
+        self.head_seconds = head_seconds
         self._done = no_body or head.length == 0
         self.streaming = not self._done and head.length is None
         # the member's own header block can go to the client unchanged when it
@@ -368,21 +369,22 @@ class NativeTransport:
                 if reused and not isinstance(exc, TimeoutError):
                     raise _Stale("send: %s" % exc) from exc
                 raise UpstreamError("sending to %s: %s" % (pool.base_url, exc)) from None
-            head, raw_fields, buf = self._read_head(pool, wire, head_timeout, reused)
+            written = time.monotonic()
+            head, raw_fields, buf = self._read_head(pool, wire, head_timeout, reused, written)
             ok = True
             no_body = method == "HEAD" or head.status in _NO_BODY
-            return Response(pool, wire, head, raw_fields, buf, self.read_timeout, no_body)
+            return Response(pool, wire, head, raw_fields, buf, self.read_timeout, no_body,
+                            time.monotonic() - written)
         finally:
             if not ok:
                 pool.discard(wire)
 
-    def _read_head(self, pool, wire, head_timeout, reused):
+    def _read_head(self, pool, wire, head_timeout, reused, written):
         """(parsed head, its header block as bytes, bytes after it), skipping 1xx heads."""
         buf = b""
         timeout = head_timeout
         if self.read_timeout is not None and (timeout is None or self.read_timeout < timeout):
             timeout = self.read_timeout
-        written = time.monotonic()
         extended = 0
         while True:
             end = buf.find(b"\r\n\r\n")

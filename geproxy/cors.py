@@ -16,12 +16,15 @@ Better than the Go proxy: it adds its three headers to a member's answer that
 already carries them (etcd 3.4 members add them by default), so browsers see
 each twice, or two different origins, which they reject.  Here a header the
 member's answer already has is not added again.  For a member header block
-relayed as bytes (``headers.RELAY``) that is one lower-casing and a few
-substring checks; the common cases (the member sent all three, or none) stay
-at that.
+relayed as bytes (``headers.RELAY``) that is one prefix comparison when the
+member sends etcd's own three lines, else one lower-casing and a few searches.
+
+The app answers preflights (``Cors.preflight``) and leaves the request's
+``Answer`` in the environ (``CORS``); it adds it where it writes a head, so no
+request pays for wrapping start_response.
 """
 
-from geproxy.headers import RELAY
+CORS = "geproxy.cors"  # environ key: the Answer for this request (absent: no CORS headers)
 
 ALLOW_METHODS = "POST, GET, OPTIONS, PUT, DELETE"
 ALLOW_HEADERS = "accept, content-type, authorization"
@@ -37,7 +40,7 @@ def _fields(origin):
 class Answer:
     """The three headers for one allowed origin, as a header list and as raw lines."""
 
-    __slots__ = ("fields", "lines", "block")
+    __slots__ = ("fields", "lines", "block", "canonical")
 
     def __init__(self, origin):
         self.fields = _fields(origin)
@@ -46,6 +49,9 @@ class Answer:
                        ("%s: %s" % (name, value)).encode("latin-1"))
                       for name, value in self.fields]
         self.block = b"\r\n".join(line for _, line in self.lines)
+        # what an etcd member with the default --cors sends first: these three lines,
+        # in the order Go writes header names (sorted)
+        self.canonical = b"\r\n".join(sorted(line for _, line in self.lines))
 
     def add_fields(self, headers):
         """``headers`` plus those of the three it lacks (case-insensitive), as a new list."""
@@ -57,6 +63,8 @@ class Answer:
     def add_block(self, raw):
         """A relayed header block (``Name: value`` lines joined by CRLF) with the three
         added in front, each only if the block does not carry it already."""
+        if raw.startswith(self.canonical):
+            return raw  # the member sent the same three (etcd's default)
         low = raw.lower()
         if b"access-control-allow-" not in low:
             return self.block + b"\r\n" + raw if raw else self.block
@@ -68,7 +76,9 @@ class Answer:
 
 
 class Cors:
-    """The CORS step: called as ``cors(environ, start_response, app)`` for the rest.
+    """The allowed origins; the app asks ``answer(environ)`` (or takes ``everyone``
+    when ``any``), answers preflights with ``preflight`` and leaves the Answer in
+    the environ (``CORS``) for ``start`` and the relay path to add.
 
     ``origins`` as parsed from --cors (``values.parse_cors``): ``("*",)`` or
     an empty tuple allows every origin, as etcd.
@@ -87,15 +97,18 @@ class Cors:
         origin = environ.get("HTTP_ORIGIN")
         return self.by_origin.get(origin) if origin else None
 
-    def __call__(self, environ, start_response, app):
-        answer = self.answer(environ)
-        if environ["REQUEST_METHOD"] == "OPTIONS":
-            start_response("200 OK", (answer.fields if answer else []) + [("Content-Length", "0")])
-            return []
-        if answer is None:
-            return app(environ, start_response)
-        relay = environ.get(RELAY)
-        if relay is not None:
-            environ[RELAY] = lambda status, raw: relay(status, answer.add_block(raw))
-        return app(environ, lambda status, headers, exc_info=None:
-                   start_response(status, answer.add_fields(headers), exc_info))
+    def preflight(self, answer, start_response):
+        """OPTIONS, answered here: 200, the headers for an allowed origin, no body."""
+        start_response("200 OK", (answer.fields if answer else []) + [("Content-Length", "0")])
+        return []
+
+
+def start(environ, start_response, status, headers):
+    """start_response with this request's CORS headers added (where it has them)."""
+    answer = environ.get(CORS)
+    if answer is not None:
+        headers = answer.add_fields(headers)
+    return start_response(status, headers)
+
+
+

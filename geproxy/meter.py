@@ -27,8 +27,6 @@ once, and each client's outcome (handled, or dropped) counts for that client.
 from bisect import bisect_left
 from time import monotonic
 
-from geproxy.errors import UpstreamError
-
 MEMBER = "geproxy.member"  # environ key: the member URL whose answer the client got
 
 ZERO_ENDPOINTS = "zero_endpoints"
@@ -78,27 +76,28 @@ class Meter:
         record[M_REQUESTS] += 1
         return monotonic()
 
-    def attempt(self, exchange, endpoint, method, target, headers, body, watch):
-        """``exchange(endpoint, method, target, headers, body, watch)``: one attempt at a
-        member, counted for the member, with the time to its answer; a failure
-        (UpstreamError, raised on) also as a failure of the member and as
-        ``failed_sending_request``."""
-        url = endpoint.url
+    def _member(self, url):
         record = self.members.get(url)
         if record is None:
             record = self.members[url] = _member_record()
+        return record
+
+    def answered(self, url, seconds):
+        """An attempt at member ``url`` got its answer, its head ``seconds`` after the
+        request was written (None: not measured)."""
+        record = self._member(url)
         record[P_REQUESTS] += 1
-        started = monotonic()
-        try:
-            result = exchange(endpoint, method, target, headers, body, watch)
-        except UpstreamError:
-            record[P_FAILURES] += 1
-            self.drop(method, FAILED_SENDING)
-            raise
-        elapsed = monotonic() - started
-        record[P_BUCKETS + bisect_left(BUCKETS, elapsed)] += 1  # first bound >= it: le
-        record[P_SUM] += elapsed
-        return result
+        if seconds is not None:
+            record[P_BUCKETS + bisect_left(BUCKETS, seconds)] += 1  # first bound >= it: le
+            record[P_SUM] += seconds
+
+    def failed(self, method, url):
+        """An attempt at member ``url`` failed: the member's request and failure, and
+        ``failed_sending_request``."""
+        record = self._member(url)
+        record[P_REQUESTS] += 1
+        record[P_FAILURES] += 1
+        self.drop(method, FAILED_SENDING)
 
     def settled(self, environ, method, status, source, started):
         """The client's answer is decided.

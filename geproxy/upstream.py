@@ -59,6 +59,7 @@ class UpstreamResponse:
     streaming = False
     relayable = False  # raw_fields may go to the client as they are (see headers.RELAY)
     raw_fields = b""
+    head_seconds = None  # from writing the request until the answer's head was in
     member = ""  # the base URL of the member that answered
 
     @property
@@ -84,7 +85,7 @@ class UpstreamResponse:
 
 
 class _RequestsResponse(UpstreamResponse):
-    __slots__ = ("_resp", "status", "reason", "headers", "streaming", "member")
+    __slots__ = ("_resp", "status", "reason", "headers", "streaming", "member", "head_seconds")
 
     def __init__(self, resp, method, member):
         self._resp = resp
@@ -95,6 +96,7 @@ class _RequestsResponse(UpstreamResponse):
         self.headers = list(raw.headers.items())
         self.streaming = (method != "HEAD" and raw.status not in (204, 304)
                           and raw.headers.get("Content-Length") is None)
+        self.head_seconds = resp.elapsed.total_seconds()
 
     def read(self):
         try:
