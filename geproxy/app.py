@@ -33,8 +33,8 @@ from geproxy.headers import RELAY, request_headers, request_target
 from geproxy.logs import Every
 from geproxy.meter import FAILED_GETTING, ZERO_ENDPOINTS
 from geproxy.metrics import METRICS_PATH, metrics_page
-from geproxy.settings import GO_TRUE
 from geproxy.shutdown import Watches
+from geproxy.values import GO_TRUE
 
 log = logging.getLogger("geproxy.app")
 
