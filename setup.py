@@ -12,16 +12,18 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["geproxy", "geproxy.*"]),
     python_requires=">=3.9",
+    # Bounded to the major versions requirements.txt pins and the tests run on.
     install_requires=[
         # geproxy.sockio uses gevent internals, checked by tests/test_sockio.py on these
         "gevent>=26.9,<27",
-        "requests>=2.28",
-        "urllib3>=2",
-        "prometheus-client>=0.17",
-        "dnspython>=2.0",
-        "gunicorn>=27.0.1",
-        "packaging",  # gunicorn's gevent worker imports it without requiring it
-        "cryptography>=41",
+        "greenlet>=3,<4",
+        "requests>=2.28,<3",
+        "urllib3>=2,<3",
+        "prometheus-client>=0.17,<1",
+        "dnspython>=2.0,<3",
+        "gunicorn>=27.0.1,<28",
+        "packaging>=23,<27",  # gunicorn's gevent worker imports it without requiring it
+        "cryptography>=41,<51",  # --auto-tls / --peer-auto-tls
     ],
     entry_points={"console_scripts": ["gevent-etcdproxy = geproxy.cli:main"]},
 )

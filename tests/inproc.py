@@ -116,18 +116,21 @@ class Reader:
         assert self.take(2) == b"\r\n"
         return data
 
+    def body(self, fields):
+        """The body after a head with these fields (a dict): by length, or chunked."""
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            pieces = []
+            while True:
+                piece = self.chunk()  # the last one ends with the message's empty line
+                if not piece:
+                    return b"".join(pieces)
+                pieces.append(piece)
+        return self.take(int(fields.get("content-length", "0")))
+
     def response(self, method="GET"):
         """(status, headers dict, body) of the next whole response."""
         status, headers = self.head()
         fields = dict(headers)
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return status, fields, b""
-        if fields.get("transfer-encoding") == "chunked":
-            pieces = []
-            while True:
-                piece = self.chunk()
-                if not piece:
-                    self.line()  # the empty line after the last chunk
-                    return status, fields, b"".join(pieces)
-                pieces.append(piece)
-        return status, fields, self.take(int(fields.get("content-length", "0")))
+        return status, fields, self.body(fields)

@@ -17,6 +17,7 @@ from gevent.pool import Pool
 from geproxy.testing import ProxyProcess
 from geproxy.testing.procfs import cpu_seconds
 from tests.helpers import poll, settled_watchers, watchers
+from tests.inproc import Reader
 
 STATUS_WAIT = 10.0  # seconds any single read from the proxy may take
 
@@ -24,63 +25,21 @@ STATUS_WAIT = 10.0  # seconds any single read from the proxy may take
 # --- helpers --------------------------------------------------------------------------
 
 
-class Client:
+class Client(Reader):
     """One raw HTTP/1.1 client connection to the proxy (keep-alive)."""
 
     def __init__(self, port, timeout=STATUS_WAIT):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=timeout))
 
     def send(self, target, headers=(), method="GET"):
         lines = ["%s %s HTTP/1.1" % (method, target), "Host: 127.0.0.1"]
         lines += ["%s: %s" % h for h in headers]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
 
-    def _more(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError("the proxy closed the connection")
-        self.buf += data
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._more()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _take(self, n):
-        while len(self.buf) < n:
-            self._more()
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
     def head(self):
         """(status, {lower-case name: value}) of the next response."""
-        status = int(self._line().split()[1])
-        headers = {}
-        while True:
-            line = self._line()
-            if not line:
-                return status, headers
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-
-    def body(self, headers):
-        if "content-length" in headers:
-            return self._take(int(headers["content-length"]))
-        assert headers.get("transfer-encoding", "").lower() == "chunked", headers
-        out = []
-        while True:
-            size = int(self._line().split(b";")[0], 16)
-            if size == 0:
-                self._line()  # no trailers: the empty line ending the message
-                return b"".join(out)
-            out.append(self._take(size))
-            self._line()
-
-    def response(self):
-        status, headers = self.head()
-        return status, headers, self.body(headers)
+        status, fields = super().head()
+        return status, dict(fields)
 
     def close(self):
         self.sock.close()
