@@ -33,7 +33,6 @@ timeout that fires while the proxy's own event loop was lagging (``lag``) is
 not the member's fault, so the wait goes on instead of failing the member.
 """
 
-import errno
 import socket
 import time
 from urllib.parse import urlsplit
@@ -42,7 +41,7 @@ from gevent import socket as gsocket
 
 from geproxy import http11, sockio
 from geproxy.errors import (BadRequest, BadResponse, ConnectError, MemberTimeout,
-                            OutOfFiles, UpstreamError)
+                            UpstreamError, connect_error)
 from geproxy.headers import HOP_BY_HOP, response_headers
 
 MAX_IDLE = 1024  # idle connections kept per member
@@ -75,13 +74,6 @@ def request_head(method, target, headers, host, body):
         lines += "\r\nContent-Length: ", str(len(body))
     lines.append("\r\n\r\n")
     return "".join(lines).encode("latin-1")
-
-
-def connect_error(base_url, exc):
-    """The ConnectError for a failed connect: OutOfFiles when the proxy lacked a descriptor."""
-    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-        return OutOfFiles("%s: %s" % (base_url, exc))
-    return ConnectError("%s: %s" % (base_url, exc))
 
 
 class _Stale(Exception):

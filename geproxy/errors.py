@@ -13,6 +13,7 @@ cycle.  The families map onto the three ways the proxy answers trouble:
   member answer).
 """
 
+import errno
 import json
 
 from greenlet import GreenletExit
@@ -164,6 +165,15 @@ def causes(exc):
         if not isinstance(nxt, BaseException):
             nxt = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = nxt if nxt is not None else (exc.__cause__ or exc.__context__)
+
+
+def connect_error(base_url, exc):
+    """The ConnectError for a failed connect to ``base_url``: OutOfFiles when the proxy
+    lacked a descriptor (anywhere in the chain ``exc`` wraps), not the member's fault."""
+    if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE)
+           for e in causes(exc)):
+        return OutOfFiles("%s: %s" % (base_url, exc))
+    return ConnectError("%s: %s" % (base_url, exc))
 
 
 # --- the proxy's own JSON error answers ---------------------------------------------------

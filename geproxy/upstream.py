@@ -23,7 +23,6 @@ Two transports, chosen by name (``--proxy-transport``) through
   kept selectable and tested with the same forwarding tests.
 """
 
-import errno
 import logging
 from http.cookiejar import DefaultCookiePolicy
 
@@ -32,7 +31,8 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from geproxy.client import NativeTransport
-from geproxy.errors import ConnectError, MemberTimeout, OutOfFiles, UpstreamError, causes
+from geproxy.errors import (MemberTimeout, OutOfFiles, UpstreamError, causes,
+                            connect_error)
 from geproxy.headers import response_headers
 from geproxy.tls import ContextAdapter
 
@@ -128,16 +128,8 @@ def _is_connect_failure(exc):
     return any(isinstance(e, _CONNECT_FAILURES) for e in causes(exc))
 
 
-def connect_error(base_url, exc):
-    """The ConnectError for a failed connect: OutOfFiles when the proxy lacked a descriptor."""
-    if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE)
-           for e in causes(exc)):
-        return OutOfFiles("%s: %s" % (base_url, exc))
-    return ConnectError("%s: %s" % (base_url, exc))
-
-
 class RequestsTransport:
-    """A requests.Session per member (the user's original design).
+    """A requests.Session per member (the first transport geproxy had; kept selectable).
 
     Sessions are made once per member and kept; ``trust_env`` is off so no
     proxy variables, netrc or CA bundle lookups happen per request, cookies are
