@@ -102,6 +102,8 @@ def serve(settings, tls_set):
         fatal("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
     if parts.exporter is not None:
         parts.exporter.track(server.gate)
+        for listener_server in server.servers:
+            parts.exporter.track_refusals(listener_server.rejected)
 
     def on_signal(signum):
         name = signal.Signals(signum).name

@@ -170,6 +170,25 @@ _REQUEST_FRAMING = names_regex(("host", "content-length", "transfer-encoding", "
                                 "expect"))
 
 
+def framing_fields(pattern, lowered):
+    """The framing fields a ``names_regex`` pattern finds in a lowered header block:
+    (Content-Length values, Transfer-Encoding values, Connection tokens, [(name,
+    value) of any other name found]), values OWS-stripped (and lower case: every
+    check on them ignores case).  Requests and responses share this one pass."""
+    lengths, codings, connection, other = [], [], [], []
+    for name, value in pattern.findall(lowered):
+        value = value.strip(" \t")
+        if name == "content-length":
+            lengths.append(value)
+        elif name == "transfer-encoding":
+            codings.append(value)
+        elif name == "connection":
+            connection += _tokens(value)
+        else:
+            other.append((name, value))
+    return lengths, codings, connection, other
+
+
 def _framing(req, lowered):
     """Content-Length, Transfer-Encoding, Host, Connection and Expect, as Go's server checks them.
 
@@ -177,18 +196,11 @@ def _framing(req, lowered):
     regular-expression pass finds just these fields (all compared without
     regard to case), so a GET with nothing but Host costs next to nothing.
     """
+    lengths, codings, connection, other = framing_fields(_REQUEST_FRAMING, lowered)
     hosts = 0
-    lengths, codings, connection = [], [], ()
-    for name, value in _REQUEST_FRAMING.findall(lowered):
-        value = value.strip(" \t")
+    for name, value in other:
         if name == "host":
             hosts += 1
-        elif name == "content-length":
-            lengths.append(value)
-        elif name == "transfer-encoding":
-            codings.append(value)
-        elif name == "connection":
-            connection += tuple(_tokens(value))
         elif value:  # expect
             if value != "100-continue":
                 raise ExpectationFailed("unsupported expectation %r" % value[:40])
@@ -291,18 +303,15 @@ def parse_response(head, flag=frozenset()):
         raise BadResponse("malformed response headers")
     minor, status = match.group(1), match.group(2)
     resp = Response(int(status), line[9:] if len(line) > 12 else status + " ", block[:-2])
-    lengths, codings, connection = [], [], ()
     if end >= 0:
-        for name, value in _response_framing(flag).findall(head[end:].lower()):
-            value = value.strip(" \t")
-            if name == "content-length":
-                lengths.append(value)
-            elif name == "transfer-encoding":
-                codings.append(value)
-            elif name == "connection":
-                connection += tuple(_tokens(value))
-            if name in flag or name == "connection":
-                resp.flagged = True
+        lengths, codings, connection, other = framing_fields(_response_framing(flag),
+                                                             head[end:].lower())
+        # every name found is in ``flag`` or framing; Connection always counts
+        resp.flagged = bool(other or connection
+                            or codings and "transfer-encoding" in flag
+                            or lengths and "content-length" in flag)
+    else:
+        lengths = codings = connection = ()
     resp.close = "close" in connection or (minor == "0" and "keep-alive" not in connection)
     if codings:
         if len(codings) != 1 or codings[0] != "chunked":

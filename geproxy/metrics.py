@@ -136,6 +136,7 @@ class Exporter:
         self.coalescer = coalescer
         self.merged_dir = merged_dir
         self.gates = []  # [gate, {reason: shed count already exported}]
+        self.refusals = []  # [a server's ``rejected`` (logs.Every), its count exported]
         self._exported = {}  # meter record key -> the record as last exported
         self._refreshes = {"ok": 0, "failed": 0}
         self._members = set()  # member URLs with gauge series
@@ -195,6 +196,10 @@ class Exporter:
                             "New client connections shed, by reason (max_connections: over "
                             "--proxy-max-connections; out_of_files: no file descriptor).",
                             ["reason"])
+        self.rejected = counter("geproxy_rejected_requests_total",
+                                "Client requests refused before forwarding (a malformed or "
+                                "cut-off head, a bad body, over a limit, a failed TLS "
+                                "handshake).")
         self.watch_groups = gauge("geproxy_watch_groups",
                                   "Groups of identical one-shot watches sharing one upstream "
                                   "request.")
@@ -219,6 +224,10 @@ class Exporter:
     def track(self, gate):
         """Count the connections of a listener's Gate (admission) too."""
         self.gates.append([gate, dict.fromkeys(SHED_REASONS, 0)])
+
+    def track_refusals(self, rejected):
+        """Count a server's refused requests too (its ``rejected``, a logs.Every)."""
+        self.refusals.append([rejected, 0])
 
     # --- moving the counts ------------------------------------------------------------
 
@@ -274,6 +283,11 @@ class Exporter:
                 if total > exported[reason]:
                     self.shed.labels(reason).inc(total - exported[reason])
                     exported[reason] = total
+        for refusal in self.refusals:
+            total = refusal[0].total
+            if total > refusal[1]:
+                self.rejected.inc(total - refusal[1])
+                refusal[1] = total
         if self.coalescer is not None:
             self.watch_groups.set(len(self.coalescer))
             self.watch_group_clients.set(self.coalescer.clients())

@@ -76,6 +76,7 @@ class ProxyWorker(GeventPyWSGIWorker):
             ssl_context=self.app.ssl_context(listener), **ssl_args)
         if parts.exporter is not None:
             parts.exporter.track(server.gate)
+            parts.exporter.track_refusals(server.rejected)
         self.servers.append(server)
         return server
 

@@ -8,6 +8,7 @@ a proxy process in front of the real cluster, with one worker and with two.
 import os
 import re
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 
@@ -256,3 +257,20 @@ def test_readonly_proxy_serves_metrics_for_any_method(http, readonly_proxy):
         assert r.status_code == 200
         assert "# TYPE etcd_proxy_requests_total counter" in r.text
         assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_refused_requests_are_counted_and_nothing_else_moves(cluster, start_proxy):
+    proxy = start_proxy(cluster.initial_cluster, endpoints=len(cluster.members))
+    before = read_metrics(proxy.url)
+    for raw in (b"GET /v2/keys/a HTTP/1.1\r\nX : y\r\nHost: x\r\n\r\n",  # space before the colon
+                b"GET /v2/keys/a HTTP/2.0\r\nHost: x\r\n\r\n",
+                b"PUT /v2/keys/a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx"):
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        sock.sendall(raw)
+        assert sock.recv(65536).split(b" ")[1] in (b"400", b"505")
+        sock.close()
+    after = read_metrics(proxy.url)
+    assert metric_value(after, "geproxy_rejected_requests_total") - \
+        metric_value(before, "geproxy_rejected_requests_total") == 3
+    assert metric_value(after, "etcd_proxy_requests_total") == \
+        metric_value(before, "etcd_proxy_requests_total")
