@@ -160,10 +160,10 @@ def _read_chunked(rfile):
 
 
 class FakeMember:
-    """A fake member on 127.0.0.1; ``url``, ``requests``, ``close()``."""
+    """A fake member on 127.0.0.1 (or ``host``); ``url``, ``requests``, ``close()``."""
 
     def __init__(self, behaviour="ok", status=200, headers=(), body=DEFAULT_BODY,
-                 chunked=False, content_type="application/json"):
+                 chunked=False, content_type="application/json", host="127.0.0.1"):
         self.behaviour = behaviour
         self.status = status
         self.headers = list(headers)
@@ -181,10 +181,10 @@ class FakeMember:
             self._placeholder.bind(("127.0.0.1", 0))
             self.port = self._placeholder.getsockname()[1]
         else:
-            self._server = StreamServer(("127.0.0.1", 0), self._handle)
+            self._server = StreamServer((host, 0), self._handle)
             self._server.start()
             self.port = self._server.address[1]
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "http://%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
 
     def __repr__(self):
         return "FakeMember(%s, %r)" % (self.url, self.behaviour)

@@ -1,4 +1,5 @@
-"""The native client against a member that closes idle keep-alive connections.
+"""The native client: members named by address or host name, and a member that
+closes idle keep-alive connections.
 
 A member may close a pooled connection just as the proxy writes the next
 request to it.  Reads (GET) are then sent again on a fresh connection and never
@@ -7,13 +8,39 @@ fail; writes may already have been applied, so they are never sent twice.
 
 import random
 
+import socket
+
 import gevent
+import pytest
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from geproxy.client import NativeTransport
+from geproxy.client import NativeTransport, ip_family
 from geproxy.errors import UpstreamError
-from tests.fakeupstream import BadRequest, Reply, read_request
+from tests.fakeupstream import DEFAULT_BODY, BadRequest, FakeMember, Reply, read_request
+
+
+@pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET),
+                                          ("::1", socket.AF_INET6),
+                                          ("localhost", None), ("etcd-0.example", None)])
+def test_ip_family(host, family):
+    assert ip_family(host) == family
+
+
+@pytest.mark.parametrize("bind, url_host", [("127.0.0.1", "127.0.0.1"),
+                                            ("127.0.0.1", "localhost"),
+                                            ("::1", "[::1]")])
+def test_members_named_by_address_or_host_name(bind, url_host):
+    """An address is dialled directly, a name resolved: both reach the member."""
+    with FakeMember(host=bind) as member:
+        transport = NativeTransport(dial_timeout=1.0, write_timeout=2.0, read_timeout=2.0)
+        try:
+            resp = transport.request("http://%s:%d" % (url_host, member.port), "GET",
+                                     "/v2/keys/a", [("Host", "m")], b"", 2.0)
+            assert (resp.status, resp.read()) == (200, DEFAULT_BODY)
+        finally:
+            transport.close()
+    assert [r.target for r in member.requests] == ["/v2/keys/a"]
 
 
 class IdleClosingMember:

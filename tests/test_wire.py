@@ -4,7 +4,9 @@ import socket
 
 import pytest
 
-from geproxy.server import ProxyServer
+from geproxy.admission import Gate
+from geproxy.listeners import make_listener
+from geproxy.server import ProxyServer, PyWSGIServer
 
 
 def exchange(port, raw, timeout=5.0):
@@ -92,3 +94,23 @@ def test_client_connections_have_tcp_nodelay():
         assert answer.endswith(b"\r\n\r\n1")
     finally:
         server.stop()
+
+
+def test_worker_mode_accepts_a_whole_burst_in_one_loop_turn():
+    """Under ``--workers`` (wsgi.multiprocess) pywsgi would accept one connection per
+    loop turn; a busy worker then left a burst of clients in the listen queue for seconds."""
+    def app(environ, start_response):
+        start_response("204 No Content", [])
+        return []
+
+    server = PyWSGIServer(make_listener("127.0.0.1", 0), app, gate=Gate(),
+                          environ={"wsgi.multiprocess": True})
+    clients = []
+    try:
+        clients = [socket.create_connection(server.address, timeout=5.0) for _ in range(50)]
+        server._do_read()  # what the listener's watcher runs once per loop turn (gevent)
+        assert server.gate.open == 50
+    finally:
+        for sock in clients:
+            sock.close()
+        server.stop(timeout=1.0)
