@@ -7,9 +7,7 @@ do things a proxy must not: retry a write on a fresh connection after a send
 error (geventhttpclient, up to pool size + 1 times), add a User-Agent, re-quote
 the target.  This client does only what forwarding needs:
 
-* one keep-alive pool per member: no limit on connections in use (a watch
-  holds one as long as it waits), at most ``max_idle`` kept idle, newest
-  reused first;
+* one keep-alive pool per member (``geproxy.pool``);
 * the request line, headers and body in one send, the target byte-exact;
 * a strict response-head parse (``http11.parse_response``); bodies by
   Content-Length, chunked (``stream()`` yields chunk by chunk as they
@@ -24,28 +22,22 @@ Stale pooled connections: a member may close an idle connection just as a
 request is written to it.  If a reused connection fails before any byte of
 the answer arrived, a GET or HEAD is sent again on a fresh connection to the
 same member; any other method may already have been applied, so it is never
-sent again (``UpstreamError``, the app answers 502).  To make that rare,
-a connection idle for longer than ``CHECK_AFTER`` seconds, or about to carry a
-write, is checked with one non-blocking peek before it is used.
+sent again (``UpstreamError``, the app answers 502).  To make that rare, the
+pool peeks at a connection idle for a while, or about to carry a write,
+before it is used.
 
 Overload: the head timeout is measured from when the request was written; a
 timeout that fires while the proxy's own event loop was lagging (``lag``) is
 not the member's fault, so the wait goes on instead of failing the member.
 """
 
-import socket
 import time
-from urllib.parse import urlsplit
 
-from gevent import socket as gsocket
-
-from geproxy import http11, sockio
-from geproxy.errors import (BadRequest, BadResponse, ConnectError, MemberTimeout,
-                            UpstreamError, connect_error)
+from geproxy import http11
+from geproxy.errors import BadRequest, BadResponse, MemberTimeout, UpstreamError
 from geproxy.headers import HOP_BY_HOP, response_headers
+from geproxy.pool import MAX_IDLE, Pool
 
-MAX_IDLE = 1024  # idle connections kept per member
-CHECK_AFTER = 1.0  # seconds idle after which a pooled connection is peeked before reuse
 RESPONSE_HEAD_MAX = 1 << 20
 MAX_CHUNK_LINE = 8 << 10  # bytes of a chunk-size or trailer line
 SAFE_TO_REPEAT = frozenset(("GET", "HEAD"))
@@ -76,102 +68,8 @@ def request_head(method, target, headers, host, body):
     return "".join(lines).encode("latin-1")
 
 
-def ip_family(host):
-    """AF_INET or AF_INET6 for an IP address literal, None for a host name."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family
-    return None
-
-
 class _Stale(Exception):
     """A reused connection failed before any byte of the answer (internal to request())."""
-
-
-class Pool:
-    """The connections to one member: idle ones, newest last, with when they went idle."""
-
-    __slots__ = ("base_url", "host", "address", "family", "tls_context", "server_hostname",
-                 "idle", "max_idle", "open", "dial_timeout")
-
-    def __init__(self, base_url, dial_timeout, tls_context=None, max_idle=MAX_IDLE):
-        parts = urlsplit(base_url)
-        https = parts.scheme == "https"
-        self.base_url = base_url
-        self.host = parts.netloc
-        self.address = (parts.hostname, parts.port or (443 if https else 80))
-        self.family = ip_family(parts.hostname)
-        self.tls_context = tls_context if https else None
-        self.server_hostname = parts.hostname
-        self.dial_timeout = dial_timeout
-        self.idle = []  # [(wire, idle since)]
-        self.max_idle = max_idle
-        self.open = 0  # connections open to this member, idle or in use
-
-    def connect(self):
-        """A new connection, as a Wire; ConnectError (nothing was sent) on failure."""
-        try:
-            sock = self._dial()
-        except OSError as exc:  # refused, unreachable, dial timeout, DNS, EMFILE
-            raise connect_error(self.base_url, exc) from None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.tls_context is not None:
-                sock = self.tls_context.wrap_socket(sock, server_hostname=self.server_hostname)
-            sock.settimeout(None)
-        except OSError as exc:  # TLS handshake failed: nothing of the request was sent
-            sock.close()
-            raise ConnectError("%s: TLS: %s" % (self.base_url, exc)) from None
-        self.open += 1
-        return sockio.wire(sock)
-
-    def _dial(self):
-        """A connected socket.  A member named by its IP address is dialled directly:
-        ``create_connection`` would resolve it through gevent's resolver, a thread-pool
-        round trip per connection that, when a burst of clients opens connections to
-        the members together, limited a busy proxy to about 300 connects a second."""
-        if self.family is None:  # a host name: resolved on every connect, as Go does
-            return gsocket.create_connection(self.address, timeout=self.dial_timeout)
-        sock = gsocket.socket(self.family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.dial_timeout)
-            sock.connect(self.address)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    def get(self, check):
-        """(wire, reused): an idle connection (peeked first if ``check`` or idle long), or a new one."""
-        idle = self.idle
-        while idle:
-            wire, since = idle.pop()
-            if (check or time.monotonic() - since > CHECK_AFTER) and wire.ready() is not None:
-                self.discard(wire)  # closed by the member, or bytes out of step
-                continue
-            return wire, True
-        return self.connect(), False
-
-    def put(self, wire):
-        if len(self.idle) < self.max_idle:
-            self.idle.append((wire, time.monotonic()))
-        else:
-            self.discard(wire)
-
-    def discard(self, wire):
-        self.open -= 1
-        try:
-            wire.close()
-        except OSError:
-            pass
-
-    def close(self):
-        idle, self.idle = self.idle, []
-        for wire, _since in idle:
-            self.discard(wire)
 
 
 class Response:

@@ -15,7 +15,8 @@ import pytest
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from geproxy.client import NativeTransport, ip_family
+from geproxy.client import NativeTransport
+from geproxy.pool import ip_family
 from geproxy.errors import UpstreamError
 from tests.fakeupstream import DEFAULT_BODY, BadRequest, FakeMember, Reply, read_request
 

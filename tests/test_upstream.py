@@ -4,6 +4,7 @@ or is about to carry a write; one closed by the member is dropped, never used.""
 from gevent import socket as gsocket
 
 from geproxy import client, sockio
+from geproxy.pool import Pool
 
 
 def pair():
@@ -32,7 +33,7 @@ def test_connection_with_stray_bytes_is_not_reusable():
 
 
 def test_connection_closed_by_the_member_is_dropped_on_get():
-    pool = client.Pool("http://127.0.0.1:9", dial_timeout=1.0)
+    pool = Pool("http://127.0.0.1:9", dial_timeout=1.0)
     closed, peer = pair()
     peer.close()
     alive, peer2 = pair()

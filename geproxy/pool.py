@@ -1,0 +1,115 @@
+"""geproxy.pool: the keep-alive connections to one member, for the native client.
+
+* at most ``max_idle`` kept idle, newest reused first; no limit on connections
+  in use (a watch holds one as long as it waits);
+* an idle connection is checked with one non-blocking peek before reuse when
+  it has been idle for over ``CHECK_AFTER`` seconds, or when the caller asks
+  (before a write), so one the member closed meanwhile is dropped, not used;
+* a member named by its IP address is dialled without a resolver.
+"""
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+from gevent import socket as gsocket
+
+from geproxy import sockio
+from geproxy.errors import ConnectError, connect_error
+
+MAX_IDLE = 1024  # idle connections kept per member
+CHECK_AFTER = 1.0  # seconds idle after which a pooled connection is peeked before reuse
+
+
+def ip_family(host):
+    """AF_INET or AF_INET6 for an IP address literal, None for a host name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
+class Pool:
+    """The connections to one member: idle ones, newest last, with when they went idle."""
+
+    __slots__ = ("base_url", "host", "address", "family", "tls_context", "server_hostname",
+                 "idle", "max_idle", "open", "dial_timeout")
+
+    def __init__(self, base_url, dial_timeout, tls_context=None, max_idle=MAX_IDLE):
+        parts = urlsplit(base_url)
+        https = parts.scheme == "https"
+        self.base_url = base_url
+        self.host = parts.netloc
+        self.address = (parts.hostname, parts.port or (443 if https else 80))
+        self.family = ip_family(parts.hostname)
+        self.tls_context = tls_context if https else None
+        self.server_hostname = parts.hostname
+        self.dial_timeout = dial_timeout
+        self.idle = []  # [(wire, idle since)]
+        self.max_idle = max_idle
+        self.open = 0  # connections open to this member, idle or in use
+
+    def connect(self):
+        """A new connection, as a Wire; ConnectError (nothing was sent) on failure."""
+        try:
+            sock = self._dial()
+        except OSError as exc:  # refused, unreachable, dial timeout, DNS, EMFILE
+            raise connect_error(self.base_url, exc) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_context is not None:
+                sock = self.tls_context.wrap_socket(sock, server_hostname=self.server_hostname)
+            sock.settimeout(None)
+        except OSError as exc:  # TLS handshake failed: nothing of the request was sent
+            sock.close()
+            raise ConnectError("%s: TLS: %s" % (self.base_url, exc)) from None
+        self.open += 1
+        return sockio.wire(sock)
+
+    def _dial(self):
+        """A connected socket.  A member named by its IP address is dialled directly:
+        ``create_connection`` would resolve it through gevent's resolver, a thread-pool
+        round trip per connection that, when a burst of clients opens connections to
+        the members together, limited a busy proxy to about 300 connects a second."""
+        if self.family is None:  # a host name: resolved on every connect, as Go does
+            return gsocket.create_connection(self.address, timeout=self.dial_timeout)
+        sock = gsocket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.dial_timeout)
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def get(self, check):
+        """(wire, reused): an idle connection (peeked first if ``check`` or idle long), or a new one."""
+        idle = self.idle
+        while idle:
+            wire, since = idle.pop()
+            if (check or time.monotonic() - since > CHECK_AFTER) and wire.ready() is not None:
+                self.discard(wire)  # closed by the member, or bytes out of step
+                continue
+            return wire, True
+        return self.connect(), False
+
+    def put(self, wire):
+        if len(self.idle) < self.max_idle:
+            self.idle.append((wire, time.monotonic()))
+        else:
+            self.discard(wire)
+
+    def discard(self, wire):
+        self.open -= 1
+        try:
+            wire.close()
+        except OSError:
+            pass
+
+    def close(self):
+        idle, self.idle = self.idle, []
+        for wire, _since in idle:
+            self.discard(wire)
