@@ -18,6 +18,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -38,9 +39,18 @@ TARGET_KB = 8.0  # issue target: at most 8 KB per idle connection at 15,000
 def open_idle(port, count, path, socks):
     """``count`` connections that each made one GET and wait, idle; appended to socks."""
     request = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+    no_ports = []
 
     def one():
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if no_ports:
+            return
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                raise
+            no_ports.append(exc)  # said once below, not as one traceback per greenlet
+            return
         sock.sendall(request)
         got = b""
         while b"\r\n\r\n" not in got or not got.endswith(b"}\n"):
@@ -54,6 +64,10 @@ def open_idle(port, count, path, socks):
     for _ in range(count):
         pool.spawn(one)
     pool.join(raise_error=True)
+    if no_ports:
+        raise SystemExit("out of local ports toward 127.0.0.1 after %d connections (earlier "
+                         "runs leave sockets in TIME_WAIT for a minute: see `ss -s`); wait "
+                         "and run again" % len(socks))
 
 
 def measure(proxy, pid, args, path):
