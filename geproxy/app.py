@@ -201,7 +201,7 @@ class ProxyApp:
         if not target or target[0] != "/":
             target = request_target(environ)
         query = environ.get("QUERY_STRING", "")
-        watch = method == "GET" and "wait=" in query and is_watch(query)
+        watch = method == "GET" and is_watch(query)
 
         candidates = self.endpoints.ordered(environ.get(BINDING))
         if watch and self.coalescer is not None and not body and not is_stream(query):
@@ -216,7 +216,7 @@ class ProxyApp:
         if meter is not None:
             meter.settled(environ, method, resp.status, resp.member, started)
         if content is None:
-            return self.stream(environ, start_response, resp)
+            return self.stream(environ, start_response, resp, watch)
         return self.respond(environ, start_response, method, resp, content)
 
     def send(self, candidates, method, target, headers, body, watch):
@@ -297,14 +297,15 @@ class ProxyApp:
             start(environ, start_response, resp.status_text, resp.forward_headers())
         return [content] if method != "HEAD" else []
 
-    def stream(self, environ, start_response, resp):
-        """Flush the headers now, then each chunk as the member sends it."""
+    def stream(self, environ, start_response, resp, watch):
+        """Flush the headers now, then each chunk as the member sends it (``watch``: a
+        graceful stop may end it)."""
         write = start(environ, start_response, resp.status_text, resp.forward_headers())
         write(b"")  # pywsgi sends the headers on an explicit empty write
         guard = disconnect.watch(environ)
         waiting = None
         try:
-            if is_watch(environ.get("QUERY_STRING", "")):  # a graceful stop may end it
+            if watch:
                 waiting = self.watches.enter()
             for chunk in resp.stream():
                 if chunk:

@@ -118,11 +118,15 @@ class Response:
         head = self._head
         return response_headers(head.headers) if head.flagged else head.headers
 
-    def _recv(self):
+    def _read(self):
+        """What the member sent next (b"" when it closed); UpstreamError if reading failed."""
         try:
-            data = self._wire.recv(self._read_timeout)
+            return self._wire.recv(self._read_timeout)
         except OSError as exc:
             raise UpstreamError("reading body from %s: %s" % (self._pool.base_url, exc)) from None
+
+    def _recv(self):
+        data = self._read()
         if not data:
             raise BadResponse("%s closed the connection in the middle of a body"
                               % self._pool.base_url)
@@ -171,15 +175,10 @@ class Response:
             if self._buf:
                 yield self._buf
                 self._buf = b""
-            while True:
-                try:
-                    data = self._wire.recv(self._read_timeout)
-                except OSError as exc:
-                    raise UpstreamError("reading body from %s: %s"
-                                        % (self._pool.base_url, exc)) from None
-                if not data:
-                    break
+            data = self._read()
+            while data:
                 yield data
+                data = self._read()
             self._head.close = True
             self._done = True
             return
@@ -271,7 +270,7 @@ class NativeTransport:
             if not repeatable:
                 raise UpstreamError("%s: pooled connection failed (%s); not sent again"
                                     % (base_url, exc.__cause__ or exc)) from None
-        wire, _ = pool.connect(), False
+        wire = pool.connect()
         try:
             return self._exchange(pool, wire, data, method, head_timeout, False)
         except _Stale as exc:  # cannot happen on a fresh connection; be safe anyway

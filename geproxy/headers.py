@@ -8,7 +8,7 @@ drop the named ones.  ``X-Forwarded-For`` gets the client's address appended.
 
 from urllib.parse import quote
 
-from geproxy.http11 import header_name
+from geproxy.http11 import comma_tokens, header_name
 
 RAW_HEADERS = "geproxy.headers"  # environ key: the request's (name, value) list as received
 # environ key of a server extension (like wsgi.file_wrapper): relay(status, fields) sends a
@@ -24,10 +24,6 @@ HOP_BY_HOP = frozenset((
 # Content-Length, Expect was already answered by the handler, XFF is rebuilt.
 _REQUEST_OWN = frozenset(("content-length", "expect", "x-forwarded-for"))
 _REQUEST_DROP = HOP_BY_HOP | _REQUEST_OWN
-
-
-def _connection_tokens(value):
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
 def _from_environ(environ):
@@ -52,7 +48,7 @@ def request_headers(environ):
     drop = _REQUEST_DROP
     connection = environ.get("HTTP_CONNECTION")
     if connection:
-        drop = drop | _connection_tokens(connection)
+        drop = drop.union(comma_tokens(connection))
     out = []
     prior = None
     for name, value in raw:
@@ -75,7 +71,7 @@ def response_headers(headers):
     drop = HOP_BY_HOP
     for name, value in headers:
         if name.lower() == "connection":
-            drop = drop | _connection_tokens(value)
+            drop = drop.union(comma_tokens(value))
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 

@@ -75,7 +75,8 @@ def split_fields(block):
     return out
 
 
-def _tokens(value):
+def comma_tokens(value):
+    """The lower-cased items of a comma-separated field value (Connection), OWS stripped."""
     return [t.strip(" \t").lower() for t in value.split(",")]
 
 
@@ -183,7 +184,7 @@ def framing_fields(pattern, lowered):
         elif name == "transfer-encoding":
             codings.append(value)
         elif name == "connection":
-            connection += _tokens(value)
+            connection += comma_tokens(value)
         else:
             other.append((name, value))
     return lengths, codings, connection, other
