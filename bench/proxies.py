@@ -7,7 +7,7 @@ port, waited for until they list the members, stopped by pid.
 import importlib.util
 
 from harness import log
-from geproxy import settings
+from geproxy import settings, values
 from geproxy.testing import ProxyProcess, etcd_env
 
 
@@ -17,7 +17,7 @@ def proxy_features():
     Read from geproxy itself so the bench follows the code: a transport or
     --workers that this checkout lacks is skipped with a note, not an error.
     """
-    transports = tuple(settings.TRANSPORTS)
+    transports = tuple(values.TRANSPORTS)
     default = next((s.default for s in settings.SETTINGS if s.name == "proxy-transport"),
                    transports[0])
     workers = (any(s.name == "workers" for s in settings.SETTINGS)

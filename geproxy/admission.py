@@ -67,9 +67,8 @@ class Gate:
         self.open = 0
         self.max_connections = max_connections or 0
         self.lingering = 0
-        self.shed_total = 0
-        self.shed_over_cap = 0  # of shed_total: over --proxy-max-connections
-        self.shed_no_files = 0  # of shed_total: out of file descriptors
+        self.shed_over_cap = 0  # connections shed over --proxy-max-connections
+        self.shed_no_files = 0  # connections shed while out of file descriptors
         self._spare = _open_spare()
         self._warn_every = Every(log, interval=WARN_EVERY)
 
@@ -81,11 +80,10 @@ class Gate:
 
     def _warn(self, reason):
         self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",
-                         reason, self.open, self.shed_total)
+                         reason, self.open, self.shed_over_cap + self.shed_no_files)
 
     def shed(self, sock):
         """Over the cap: a 503 with Connection: close, then close (bounded linger)."""
-        self.shed_total += 1
         self.shed_over_cap += 1
         self._warn("at most %d allowed (--proxy-max-connections)" % self.max_connections)
         if self.lingering >= MAX_LINGERING:
@@ -131,7 +129,6 @@ class Gate:
                 shed += 1
             self._spare = _open_spare()
         if shed or stuck:
-            self.shed_total += shed
             self.shed_no_files += shed
             self._warn("out of file descriptors (%s)" % (exc.strerror or exc))
         if stuck:  # nothing could be done: pause, as gevent would, but quietly

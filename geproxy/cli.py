@@ -101,9 +101,8 @@ def serve(settings, tls_set):
     except OSError as exc:
         fatal("cannot listen on %s: %s" % (",".join(settings.listen_client_urls), exc))
     if parts.exporter is not None:
-        parts.exporter.track(server.gate)
         for listener_server in server.servers:
-            parts.exporter.track_refusals(listener_server.rejected)
+            parts.exporter.track(listener_server)
 
     def on_signal(signum):
         name = signal.Signals(signum).name
@@ -124,7 +123,7 @@ def serve(settings, tls_set):
                             wiring.seconds(settings.proxy_shutdown_timeout), hurry)
     if cut:
         log.warning("cut %d client connection(s) still open", cut)
-    server.stop(timeout=0)
+    server.release()  # graceful() stopped the listeners
     parts.stop()
     parts.close()
     if fatal_errors:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from geproxy.errors import DiscoveryError
+from geproxy.values import host_port
 
 log = logging.getLogger("geproxy.discovery")
 
@@ -359,10 +360,6 @@ def _addresses(res, target):
     return found
 
 
-def _host(address):
-    return "[%s]" % address if ":" in address else address
-
-
 def lookup_srv(domain, name, res, resolve_targets):
     """Peer URLs from the SRV records of both kinds, https ones first.
 
@@ -398,7 +395,7 @@ def lookup_srv(domain, name, res, resolve_targets):
                 log.warning("discovery-srv: SRV target %s of %s has no address; skipped",
                             target, qname)
             for host in hosts:
-                urls.append("%s://%s:%d" % (scheme, _host(host), record.port))
+                urls.append("%s://%s" % (scheme, host_port(host, record.port)))
     if not urls:
         raise DiscoveryError("discovery-srv: no peer URLs found for %s (%s)"
                              % (domain, "; ".join(problems)))

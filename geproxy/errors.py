@@ -8,8 +8,9 @@ cycle.  The families map onto the three ways the proxy answers trouble:
   a value a parser refused, before the flag name is known);
 * exit status 1, one line: ``FatalError`` and its kinds (bootstrap, discovery,
   data dir, the auto-TLS certificate folder);
-* an HTTP answer to one client: ``BadRequest`` (4xx, made by the connection
-  handler before the app sees the request), ``UpstreamError`` (5xx, no usable
+* an HTTP answer to one client: ``BadRequest`` (4xx, and 501/505 for framing
+  or a version we do not serve; made by the connection handler before the app
+  sees the request), ``UpstreamError`` (5xx, no usable
   member answer).
 """
 
@@ -68,7 +69,7 @@ class MembersError(GeproxyError):
     """No peer URL gave a usable member list (a refresh round failed; not fatal)."""
 
 
-# --- 4xx: a client request the handler refuses -----------------------------------------
+# --- 4xx (and 501/505): a client request the handler refuses ---------------------------
 
 
 class BadRequest(GeproxyError):

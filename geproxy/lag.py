@@ -5,8 +5,7 @@ When the proxy is saturated (thousands of connections, one core) a greenlet
 can wait for the CPU longer than a member takes to answer; a head timeout
 that expires then says nothing about the member.  ``lagged_since(t)`` tells
 the upstream client whether the loop was late (by more than ``THRESHOLD``)
-at any time since ``t``, and ``lag`` is the latest figure (for metrics and
-for shedding while overloaded).
+at any time since ``t``.
 """
 
 import time
@@ -24,8 +23,6 @@ class LoopLag:
         self.tick = tick
         self.threshold = threshold
         self.clock = clock
-        self.lag = 0.0  # seconds late at the last tick
-        self.worst = 0.0  # the largest lag seen since start()
         self.lagged_at = float("-inf")  # when the loop was last seen lagging
         self._expected = None
         self._timer = None
@@ -40,9 +37,6 @@ class LoopLag:
         now = self.clock()
         late = max(0.0, now - self._expected)
         self._expected = now + self.tick
-        self.lag = late
-        if late > self.worst:
-            self.worst = late
         if late > self.threshold:
             self.lagged_at = now
 

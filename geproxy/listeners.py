@@ -18,6 +18,8 @@ import socket
 import stat
 from urllib.parse import urlsplit
 
+from geproxy.values import host_port
+
 log = logging.getLogger("geproxy.listeners")
 
 BACKLOG = 2048
@@ -69,9 +71,7 @@ def bound_url(url, address):
     """The listen URL as bound: the real port for port 0, IPv6 hosts in brackets."""
     if unix_path(url) is not None:
         return url
-    host, port = address[:2]
-    host = "[%s]" % host if ":" in host else host
-    return "%s://%s:%d" % (urlsplit(url).scheme, host, port)
+    return "%s://%s" % (urlsplit(url).scheme, host_port(*address[:2]))
 
 
 def make_listener(host, port, backlog=BACKLOG):

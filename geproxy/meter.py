@@ -68,12 +68,15 @@ class Meter:
         self.members = {}
         self.dropped = {}
 
-    def request(self, method):
-        """A request reached forwarding; returns its start time, for ``settled``."""
+    def _method(self, method):
         record = self.methods.get(method)
         if record is None:
             record = self.methods[method] = _method_record()
-        record[M_REQUESTS] += 1
+        return record
+
+    def request(self, method):
+        """A request reached forwarding; returns its start time, for ``settled``."""
+        self._method(method)[M_REQUESTS] += 1
         return monotonic()
 
     def _member(self, url):
@@ -110,9 +113,7 @@ class Meter:
             self.drop(method, source)
             return
         elapsed = monotonic() - started
-        record = self.methods.get(method)
-        if record is None:
-            record = self.methods[method] = _method_record()
+        record = self._method(method)
         record[M_BUCKETS + bisect_left(BUCKETS, elapsed)] += 1
         record[M_SUM] += elapsed
         handled = record[M_HANDLED]

@@ -10,7 +10,7 @@ same code runs in a single process and in every ``--workers`` worker:
 * ``--workers N``: prometheus_client's multiprocess mode.  The parent makes a
   fresh folder and names it in ``PROMETHEUS_MULTIPROC_DIR`` before it forks
   (``prepare_multiprocess_dir``; prometheus_client reads the variable when it
-  is first imported, so the parent never imports it); each worker's values
+  is first imported, so the parent imports it only after that); each worker's values
   live in files there, and a scrape answered by any worker reads all of them:
   counters and histograms summed over every worker that ever ran, gauges
   summed (or the largest) over the live workers only.  When gunicorn reaps a
@@ -41,6 +41,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what the Go proxy s
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_EVERY = 1.0  # seconds between two moves of the counts into the metric objects
 SHED_REASONS = ("max_connections", "out_of_files")
+REFRESH_RESULTS = ("ok", "failed")  # membership.refreshes keys
 
 _PROCESS_GAUGES = (  # ProcessCollector's samples, as gauges per worker (multiprocess mode)
     ("process_virtual_memory_bytes", "Virtual memory size in bytes."),
@@ -135,10 +136,9 @@ class Exporter:
         self.membership = membership
         self.coalescer = coalescer
         self.merged_dir = merged_dir
-        self.gates = []  # [gate, {reason: shed count already exported}]
-        self.refusals = []  # [a server's ``rejected`` (logs.Every), its count exported]
-        self._exported = {}  # meter record key -> the record as last exported
-        self._refreshes = {"ok": 0, "failed": 0}
+        self.gates = []  # the listeners' Gates (admission), each once
+        self.refusals = []  # the listeners' ``rejected`` (logs.Every)
+        self._exported = {}  # key of a count -> the count as last exported
         self._members = set()  # member URLs with gauge series
         self._started = time.monotonic()
         self._greenlet = None
@@ -218,21 +218,20 @@ class Exporter:
                                    for name, doc in _PROCESS_GAUGES}
         for reason in SHED_REASONS:
             self.shed.labels(reason)
-        for result in self._refreshes:
+        for result in REFRESH_RESULTS:
             self.refreshes.labels(result)
 
-    def track(self, gate):
-        """Count the connections of a listener's Gate (admission) too."""
-        self.gates.append([gate, dict.fromkeys(SHED_REASONS, 0)])
-
-    def track_refusals(self, rejected):
-        """Count a server's refused requests too (its ``rejected``, a logs.Every)."""
-        self.refusals.append([rejected, 0])
+    def track(self, server):
+        """Count a listener's server too: its Gate's connections and sheds (a Gate that
+        listeners share counts once) and its refused requests."""
+        if all(gate is not server.gate for gate in self.gates):
+            self.gates.append(server.gate)
+        self.refusals.append(server.rejected)
 
     # --- moving the counts ------------------------------------------------------------
 
     def _grown(self, key, now):
-        """What a meter figure (a number, or a list of them) grew by since the last flush."""
+        """What a count (a number, or a list of them) grew by since the last flush."""
         last = self._exported.get(key)
         self._exported[key] = now
         if isinstance(now, list):
@@ -277,25 +276,24 @@ class Exporter:
         for url in self._members:  # a member that left keeps its series, at 0
             self.member_bound.labels(url).set(bound.get(url, 0))
             self.member_upstream.labels(url).set(upstream.get(url, 0))
-        self.client_connections.set(sum(gate.open for gate, _ in self.gates))
-        for gate, exported in self.gates:
+        self.client_connections.set(sum(gate.open for gate in self.gates))
+        for gate in self.gates:
             for reason, total in zip(SHED_REASONS, (gate.shed_over_cap, gate.shed_no_files)):
-                if total > exported[reason]:
-                    self.shed.labels(reason).inc(total - exported[reason])
-                    exported[reason] = total
-        for refusal in self.refusals:
-            total = refusal[0].total
-            if total > refusal[1]:
-                self.rejected.inc(total - refusal[1])
-                refusal[1] = total
+                n = self._grown(("shed", id(gate), reason), total)
+                if n:
+                    self.shed.labels(reason).inc(n)
+        for rejected in self.refusals:
+            n = self._grown(("rejected", id(rejected)), rejected.total)
+            if n:
+                self.rejected.inc(n)
         if self.coalescer is not None:
             self.watch_groups.set(len(self.coalescer))
             self.watch_group_clients.set(self.coalescer.clients())
         if self.membership is not None:
             for result, total in self.membership.refreshes.items():
-                if total > self._refreshes[result]:
-                    self.refreshes.labels(result).inc(total - self._refreshes[result])
-                    self._refreshes[result] = total
+                n = self._grown(("refreshes", result), total)
+                if n:
+                    self.refreshes.labels(result).inc(n)
             last_ok = self.membership.last_ok or self._started
             self.member_list_age.set(time.monotonic() - last_ok)
         if self.process is not None:

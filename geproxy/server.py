@@ -184,6 +184,10 @@ class ProxyServer:
             self.servers[0].pool.join(timeout=timeout)  # one pool for all listeners
         for server in self.servers:
             server.stop(timeout=0)
+        self.release()
+
+    def release(self):
+        """What outlives the stopped listeners: the Gate's spare descriptor, Unix socket files."""
         self.gate.close()
         for url in self.urls:
             path = unix_path(url)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from geproxy.errors import SettingError, UsageError
-from geproxy.values import (  # noqa: F401 (GO_TRUE and TRANSPORTS are read from here)
-    GO_TRUE, TRANSPORTS, parse_balance, parse_bool, parse_cipher_suites, parse_cors,
+from geproxy.values import (
+    parse_balance, parse_bool, parse_cipher_suites, parse_cors,
     parse_count, parse_discovery_url, parse_host_port, parse_initial_cluster,
     parse_listen_urls, parse_log_format, parse_log_level, parse_metrics, parse_mode, parse_ms,
     parse_optional_url, parse_positive, parse_text, parse_transport, parse_url_list)

@@ -30,9 +30,6 @@ class Watches:
         self._waiting = set()
         self.ended = False
 
-    def __len__(self):
-        return len(self._waiting)
-
     def enter(self):
         """The current greenlet waits on a watch; WatchEnded at once if the proxy stops."""
         if self.ended:

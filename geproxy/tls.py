@@ -15,15 +15,16 @@ A process has three, as etcd 3.4's proxy does, all TLS 1.2 at least, with
 * ``peer``, for reading ``/members`` from https peer URLs: the peer flags;
   ``--peer-crl-file`` refuses revoked member certificates.
 
-Each is a ``LiveContext``: the handler and the member clients call its
-``wrap_socket`` when they make a connection, so a renewed certificate is used
-by new connections while open ones keep theirs; there is no other TLS path
-in the data plane.  The ``TLS`` watcher greenlet stats the files every
-``WATCH_INTERVAL`` seconds (device, inode, size, mtime: a file renamed over
-the old one, a symlink swapped, a file rewritten) and rebuilds a context whose
-files changed.  A rebuild that fails (the certificate renamed into place
-before its key, a file half written) keeps the working context, is logged
-once, and is tried again at the next check.
+Each is a ``LiveContext``: the handler and the native member client call its
+``wrap_socket`` when they make a connection, and the requests-based paths (the
+``requests`` transport, the member-list reads) get its current context through
+``ContextAdapter`` when urllib3 makes one; either way a renewed certificate is
+used by new connections while open ones keep theirs. The ``TLS`` watcher
+greenlet stats the files every ``WATCH_INTERVAL`` seconds (device, inode,
+size, mtime: a file renamed over the old one, a symlink swapped, a file
+rewritten) and rebuilds a context whose files changed. A rebuild that fails
+(the certificate renamed into place before its key, a file half written) keeps
+the working context, is logged once, and is tried again at the next check.
 """
 
 import logging
@@ -39,6 +40,7 @@ from requests.adapters import HTTPAdapter
 
 from geproxy import selfcert
 from geproxy.errors import DataDirError, TLSSettingError, UsageError, causes
+from geproxy.values import host_port
 
 log = logging.getLogger("geproxy.tls")
 
@@ -170,10 +172,6 @@ def _stamp(paths):
     return tuple(stamps)
 
 
-def _member(host, port):
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
-
-
 class LiveContext:
     """The SSLContext in force for one use (``what``), rebuilt when its files change.
 
@@ -205,7 +203,7 @@ class LiveContext:
         if server_side:
             return self.context.wrap_socket(sock, server_side=True, **kwargs)
         host, port = sock.getpeername()[:2]  # the wrapped socket takes over the descriptor
-        member = _member(kwargs.get("server_hostname") or host, port)
+        member = host_port(kwargs.get("server_hostname") or host, port)
         try:
             tls = self.context.wrap_socket(sock, **kwargs)
         except ssl.SSLError as exc:

@@ -111,6 +111,11 @@ def parse_optional_url(text):
     return raw
 
 
+def host_port(host, port):
+    """'host:port' as a URL or a dialer writes it: an IPv6 address in brackets."""
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
 def parse_host_port(text):
     """'host:port' or 'host' (port 53) or empty."""
     raw = text.strip()

@@ -24,7 +24,7 @@ fork, and an ``--auto-tls`` certificate is made once); each worker watches
 the certificate files for itself.  gunicorn's own TLS options stay unused:
 https listeners get our context (``server_class``).
 Differences: each worker has its own member list and failure marks, and
-``--proxy-max-connections`` counts per worker and listener.
+``--proxy-max-connections`` counts per worker.
 """
 
 import logging
@@ -45,10 +45,10 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker
 from geproxy import metrics, shutdown, wiring
 from geproxy import settings as settings_mod
 from geproxy.admission import Gate
-from geproxy.handler import ProxyHandler
 from geproxy.listeners import listen_address, raise_open_files_limit
 from geproxy.logs import fatal
 from geproxy.server import PyWSGIServer
+from geproxy.values import host_port
 
 log = logging.getLogger("geproxy.workers")
 
@@ -59,9 +59,8 @@ READY_WAIT = 2.0  # seconds a new worker waits for its first member list before 
 
 
 class ProxyWorker(GeventPyWSGIWorker):
-    """gunicorn's gevent pywsgi worker, serving through our server and handler classes."""
-
-    wsgi_handler = ProxyHandler
+    """gunicorn's gevent pywsgi worker, serving through our server and handler classes
+    (``parts.handler_class``; gunicorn's ``handler_class`` argument is not used)."""
 
     def server_class(self, listener, application, spawn, handler_class, environ, log=None,
                      **ssl_args):
@@ -70,18 +69,19 @@ class ProxyWorker(GeventPyWSGIWorker):
         parts = self.app.parts
         server = PyWSGIServer(
             listener, application, spawn=spawn, handler_class=parts.handler_class,
-            environ=environ, gate=Gate(settings.proxy_max_connections),
+            environ=environ, gate=self.gate,
             idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
             header_timeout=wiring.seconds(settings.proxy_client_header_timeout),
             ssl_context=self.app.ssl_context(listener), **ssl_args)
         if parts.exporter is not None:
-            parts.exporter.track(server.gate)
-            parts.exporter.track_refusals(server.rejected)
+            parts.exporter.track(server)
         self.servers.append(server)
         return server
 
     def init_process(self):
+        """After the fork: one Gate for all of this worker's listeners, as in one process."""
         self.servers = []
+        self.gate = Gate(self.app.settings.proxy_max_connections)
         super().init_process()
 
     def handle_exit(self, sig, frame):
@@ -117,7 +117,7 @@ def _bind(url):
     host, port = listen_address(url)
     if port is None:
         return "unix:" + host
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    return host_port(host, port)
 
 
 def _addresses(url):
@@ -200,7 +200,7 @@ class ProxyApplication(BaseApplication):
             "workers": self.settings.workers,
             "worker_class": ProxyWorker,
             "worker_connections": WORKER_CONNECTIONS,
-            "graceful_timeout": math.ceil(self.settings.proxy_shutdown_timeout / 1000.0)
+            "graceful_timeout": math.ceil(wiring.seconds(self.settings.proxy_shutdown_timeout))
             + GRACEFUL_MARGIN,
             "child_exit": self.child_exit,
             "accesslog": None,

@@ -37,7 +37,8 @@ def metered(*member_urls, **options):
             session() as http:
         app = server.app
         exporter = Exporter(meter, app.endpoints, app.transport, coalescer=app.coalescer)
-        exporter.track(server.gate)
+        for listener_server in server.servers:
+            exporter.track(listener_server)
         app.metrics_page = exporter.page
         yield "http://127.0.0.1:%d" % port, exporter, http
 

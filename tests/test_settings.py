@@ -6,7 +6,7 @@ import re
 import pytest
 
 import geproxy.upstream
-from geproxy import settings
+from geproxy import values
 from geproxy.settings import SETTINGS, UsageError, markdown_table, parse
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,7 +254,7 @@ def test_markdown_table_has_a_row_per_setting():
 
 
 def test_transports_match_upstream():
-    assert settings.TRANSPORTS == tuple(geproxy.upstream.TRANSPORTS)
+    assert values.TRANSPORTS == tuple(geproxy.upstream.TRANSPORTS)
 
 
 def test_listen_urls_keep_ipv6_brackets_and_unix_paths():
