@@ -27,6 +27,7 @@ from gevent.pool import Pool  # noqa: E402
 
 from harness import BENCH_KEY, log, stop_on_sigterm  # noqa: E402
 from proxies import GoProxy, start_ours  # noqa: E402
+from rawhttp import read_response  # noqa: E402
 from tables import table  # noqa: E402
 from target import Target  # noqa: E402
 from geproxy.listeners import raise_open_files_limit  # noqa: E402
@@ -52,12 +53,9 @@ def open_idle(port, count, path, socks):
             no_ports.append(exc)  # said once below, not as one traceback per greenlet
             return
         sock.sendall(request)
-        got = b""
-        while b"\r\n\r\n" not in got or not got.endswith(b"}\n"):
-            data = sock.recv(65536)
-            if not data:
-                raise RuntimeError("proxy closed a connection")
-            got += data
+        status, rest = read_response(sock)
+        if status != 200 or rest:
+            raise RuntimeError("proxy answered %s (%d bytes more)" % (status, len(rest)))
         socks.append(sock)
 
     pool = Pool(500)

@@ -101,13 +101,12 @@ class StampedSocket:
 
 
 class Watcher:
-    __slots__ = ("key", "sock", "state", "status", "done_at", "error")
+    __slots__ = ("key", "sock", "state", "done_at", "error")
 
     def __init__(self, key):
         self.key = key
         self.sock = None
         self.state = "new"  # new, sent, head, done, error
-        self.status = None
         self.done_at = None
         self.error = None
 
@@ -123,7 +122,6 @@ def run_watcher(w, host, port, gate, counts):
         counts["sent"] += 1
         stamped = StampedSocket(w.sock)
         status, headers, buf = read_head(stamped, b"")
-        w.status = status
         if status == 200:
             w.state = "head"
             counts["head"] += 1

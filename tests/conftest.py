@@ -31,7 +31,6 @@ def _no_proxy_env(monkeypatch):
 def cluster():
     """One real 3-member etcd 3.4 cluster (v2 enabled) for the whole session."""
     with LocalCluster(size=3) as c:
-        c.start()
         yield c
 
 

@@ -13,10 +13,8 @@ import json
 import gevent
 from gevent.server import StreamServer
 
-from tests.fakeupstream import BadRequest, read_request
-
-CLUSTER_ID = "cdf818194e3a8c32"
-BODY = json.dumps({"action": "get", "node": {"key": "/fake", "value": "v"}}).encode()
+from tests.fakeupstream import CLUSTER_ID, BadRequest, read_request
+from tests.fakeupstream import DEFAULT_BODY as BODY
 
 
 class FakeEtcd:

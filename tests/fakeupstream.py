@@ -31,6 +31,7 @@ from gevent.server import StreamServer
 
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
            500: "Internal Server Error", 503: "Service Unavailable"}
+CLUSTER_ID = "cdf818194e3a8c32"  # what fake members answer in X-Etcd-Cluster-ID
 DEFAULT_BODY = json.dumps({"action": "get", "node": {"key": "/fake", "value": "v"}}).encode()
 
 
@@ -207,7 +208,7 @@ class FakeMember:
         """What a peer URL answers to ``GET /members``: this fake as the only member."""
         body = json.dumps([{"id": 1, "name": "fake", "peerURLs": [self.url],
                             "clientURLs": [self.url]}]).encode()
-        return Reply(headers=[("X-Etcd-Cluster-ID", "cdf818194e3a8c32")], body=body)
+        return Reply(headers=[("X-Etcd-Cluster-ID", CLUSTER_ID)], body=body)
 
     @property
     def initial_cluster(self):

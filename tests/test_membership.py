@@ -12,19 +12,20 @@ from gevent import pywsgi
 from geproxy.datadir import ClusterFile
 from geproxy.endpoints import Binding, EndpointSet
 from geproxy.membership import FAST_RETRY, Membership, SelfAddresses
+from tests.fakeupstream import CLUSTER_ID
 
 
 class FakePeer:
     """Answers GET /members with whatever ``answer`` holds: (headers, body bytes)."""
 
     def __init__(self):
-        self.answer = ({"X-Etcd-Cluster-ID": "cdf818194e3a8c32"}, b"[]")
+        self.answer = ({"X-Etcd-Cluster-ID": CLUSTER_ID}, b"[]")
         self.server = pywsgi.WSGIServer(("127.0.0.1", 0), self.app, log=None)
         self.server.start()
         self.url = "http://127.0.0.1:%d" % self.server.server_port
 
     def members(self, *members):
-        self.answer = ({"X-Etcd-Cluster-ID": "cdf818194e3a8c32"},
+        self.answer = ({"X-Etcd-Cluster-ID": CLUSTER_ID},
                        json.dumps([{"id": 1, "name": name, "peerURLs": peers,
                                     "clientURLs": clients} for name, peers, clients in members])
                        .encode())
@@ -63,10 +64,10 @@ def test_refresh_takes_client_urls_and_follows_peer_urls(peer):
 
 
 @pytest.mark.parametrize("answer", [
-    ({"X-Etcd-Cluster-ID": "cdf818194e3a8c32"}, b"not json"),
-    ({"X-Etcd-Cluster-ID": "cdf818194e3a8c32"}, b'{"members": []}'),
+    ({"X-Etcd-Cluster-ID": CLUSTER_ID}, b"not json"),
+    ({"X-Etcd-Cluster-ID": CLUSTER_ID}, b'{"members": []}'),
     ({}, b'[{"clientURLs": ["http://127.0.0.1:9"]}]'),
-    ({"X-Etcd-Cluster-ID": "cdf818194e3a8c32"}, b"[]"),
+    ({"X-Etcd-Cluster-ID": CLUSTER_ID}, b"[]"),
 ], ids=["garbage", "not-an-array", "no-cluster-id", "empty-list"])
 def test_failed_or_empty_read_keeps_last_good_endpoints(peer, answer):
     peer.members(("a", [peer.url], ["http://127.0.0.1:1"]))

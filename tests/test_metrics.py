@@ -172,10 +172,6 @@ def test_histogram_internals_are_the_ones_add_histogram_uses():
 # --- a proxy process in front of the real cluster -------------------------------------
 
 
-def proxy_metric(proxy, name, **labels):
-    return metric_value(read_metrics(proxy.url), name, **labels)
-
-
 def test_go_series_rise_as_requests_go_through(http, proxy, key):
     before = read_metrics(proxy.url)
     for _ in range(20):

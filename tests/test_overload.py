@@ -12,7 +12,6 @@ members' fault, and slow clients cannot starve ordinary ones.
 """
 
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -21,22 +20,18 @@ import time
 import pytest
 from gevent.pool import Pool
 
+from geproxy.listeners import raise_open_files_limit
 from tests.helpers import session
 
 ROUNDS = int(os.environ.get("GEPROXY_OVERLOAD_ROUNDS", "10"))
 ROUND_SECONDS = 10
 
 
-def _raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def wrk(url, connections, seconds):
     """wrk's summary for a GET of ``url``: (requests, non-2xx, socket errors)."""
     out = subprocess.run(["wrk", "-t2", "-c%d" % connections, "-d%ds" % seconds,
                           "--timeout", "10s", url], capture_output=True, text=True,
-                         timeout=seconds + 60, preexec_fn=_raise_nofile)
+                         timeout=seconds + 60, preexec_fn=raise_open_files_limit)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     requests = int(text.split(" requests in ")[0].split()[-1])

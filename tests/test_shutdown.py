@@ -7,7 +7,6 @@ connections at once, end the waiting watches cleanly (their last chunk) and
 exit 0, well within --proxy-shutdown-timeout; a second signal stops it at once.
 """
 
-import os
 import signal
 import socket
 import time
@@ -114,7 +113,7 @@ def test_sigterm_finishes_in_flight_ends_watches_and_exits_0(fake, workers, tmp_
         poll(lambda: "/slow" in fake.targets, what="the slow request to reach the member")
 
         sent = time.monotonic()
-        os.kill(proxy.pid, signal.SIGTERM)
+        proxy.signal(signal.SIGTERM)
 
         poll(lambda: refused(proxy), timeout=3.0, what="new connections to be refused")
         for sock in idle:  # idle keep-alive connections: closed at once
@@ -149,10 +148,10 @@ def test_a_second_signal_stops_at_once(fake, workers, second, tmp_path):
     try:
         slow = gevent.spawn(slow_request, proxy)
         poll(lambda: "/slow" in fake.targets, what="the slow request to reach the member")
-        os.kill(proxy.pid, signal.SIGTERM)
+        proxy.signal(signal.SIGTERM)
         poll(lambda: refused(proxy), timeout=3.0, what="the graceful stop to begin")
         sent = time.monotonic()
-        os.kill(proxy.pid, second)
+        proxy.signal(second)
         assert poll(lambda: proxy.proc.poll() is not None, timeout=5.0)
         assert time.monotonic() - sent < 2.5
         assert proxy.proc.returncode == 0

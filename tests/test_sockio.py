@@ -43,7 +43,9 @@ def test_send_recv_and_peek_on_a_wire(wires):
     sender = gevent.spawn(left.send_all, b"x" * 300000, 5.0)
     received = b""
     while len(received) < 300000:
-        received += right.recv(5.0)
+        data = right.recv(5.0)
+        assert data, "the peer closed after %d bytes" % len(received)
+        received += data
     sender.get(timeout=5.0)
     assert received == b"x" * 300000
     assert right.ready() is None

@@ -7,25 +7,13 @@ import pytest
 from geproxy.admission import Gate
 from geproxy.listeners import make_listener
 from geproxy.server import ProxyServer, PyWSGIServer
+from tests.inproc import status_of
+from tests.inproc import exchange as inproc_exchange
 
 
-def exchange(port, raw, timeout=5.0):
-    """Send raw bytes on a new connection; return everything until the server closes."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        sock.sendall(raw)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-    finally:
-        sock.close()
-
-
-def status_of(response):
-    return int(response.split(b" ", 2)[1])
+def exchange(port, raw):
+    """Send raw bytes on a new connection; everything until the server closes."""
+    return inproc_exchange(port, raw, half_close=False)
 
 
 MALFORMED = {

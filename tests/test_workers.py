@@ -72,7 +72,7 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
         # The held connections are idle keep-alives: they must not hold the
         # shutdown for the graceful timeout.
         started = time.monotonic()
-        os.kill(proxy.pid, signal.SIGTERM)
+        proxy.signal(signal.SIGTERM)
         assert poll(lambda: proxy.proc.poll() is not None, timeout=12.0)
         assert poll(lambda: all(gone(pid) for pid in workers), timeout=1.0)
         assert time.monotonic() - started < 5.0

@@ -1,4 +1,4 @@
-"""A real local etcd 3.4 cluster on loopback: members started, killed, paused, added, removed.
+"""A local etcd 3.4/3.5 cluster on loopback: members started, killed, paused, added, removed.
 
 The proxy is always exercised against real etcd members rather than a fake:
 the tests' session cluster, the failover tests' clusters that get broken on

@@ -45,7 +45,7 @@ def metric_value(samples, name, default=0.0, **labels):
 
 def store_watchers(members):
     """v2 watchers open in the members right now, from their own /metrics."""
-    return int(sum(metric_value(read_metrics(m.client_url), STORE_WATCHERS) for m in members))
+    return int(sum(m.metric(STORE_WATCHERS) for m in members))
 
 
 def settled_store_watchers(members, timeout=5.0, interval=0.05):

@@ -1,6 +1,7 @@
 """Child processes the harness owns: started, signalled, waited for and reaped by pid.
 
-Every etcd member, proxy and benchmark peer goes through this module, so the
+Every etcd member and proxy the harness starts goes through this module (the
+load generators, wrk and py-spy, are plain short-lived subprocesses), so the
 rules live in one place:
 
 * a child runs in its own session, so a Ctrl-C in the terminal reaches only
@@ -134,7 +135,8 @@ class OwnedProcess:
         self.paused = False
         return self.proc
 
-    def _signal(self, sig):
+    def signal(self, sig):
+        """Send ``sig`` to this process (nothing if it already exited)."""
         try:
             os.kill(self.proc.pid, sig)
         except ProcessLookupError:  # exited on its own, not reaped yet
@@ -148,12 +150,12 @@ class OwnedProcess:
         """SIGSTOP: it keeps its sockets but stops answering, like a hung machine
         (connections hang instead of being refused)."""
         self._running()
-        self._signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
         self.paused = True
 
     def resume(self):
         self._running()
-        self._signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
         self.paused = False
 
     def signal_and_wait(self, sig, timeout=10.0):
@@ -164,9 +166,9 @@ class OwnedProcess:
         None if it never started.
         """
         if self.alive:
-            self._signal(sig)
+            self.signal(sig)
             if sig != signal.SIGKILL:
-                self._signal(signal.SIGCONT)
+                self.signal(signal.SIGCONT)
             reap(self.proc, timeout)
         self.paused = False
         return self.returncode
