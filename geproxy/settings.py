@@ -205,15 +205,15 @@ SETTINGS = (
 )
 
 BY_ENV = {s.env: s for s in SETTINGS}
-BY_ATTR = {s.attr: s for s in SETTINGS}
 
 
 class Settings:
     """The parsed values, one attribute per setting (``proxy_failure_wait``...)."""
 
-    def __init__(self, values, sources):
+    def __init__(self, values, sources, names):
         self.__dict__.update(values)
         self.sources = sources  # attr -> 'flag' | 'env' | 'default'
+        self._names = names  # attr -> the --flag or variable it was given as
 
     @property
     def readonly(self):
@@ -228,9 +228,8 @@ class Settings:
         return tuple(url for _name, url in self.initial_cluster)
 
     def given_as(self, attr):
-        """How a setting was given, for messages: its ETCD_* variable or its --flag."""
-        setting = BY_ATTR[attr]
-        return setting.env if self.sources.get(attr) == "env" else "--" + setting.name
+        """How a setting was given, for messages: its --flag, ETCD_* or platform variable."""
+        return self._names[attr]
 
     def __repr__(self):
         shown = ", ".join("%s=%r" % (s.attr, getattr(self, s.attr)) for s in SETTINGS)
@@ -273,38 +272,35 @@ def parse(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     environ = os.environ if environ is None else environ
     given = vars(_build_parser().parse_args(argv))
-    values, sources, notes = {}, {}, []
+    values, sources, names, notes = {}, {}, {}, []
     for s in SETTINGS:
         flag_text = given[s.attr]
         env_text = environ.get(s.env, "")
+        fallback_text = environ.get(s.fallback_env, "") if s.fallback_env else ""
         if flag_text is not None:
-            text, source = flag_text, "flag"
+            text, source, where = flag_text, "flag", "--" + s.name
             if env_text:
                 notes.append(("warning", "flag --%s=%s overrides environment variable %s=%s"
                               % (s.name, flag_text, s.env, env_text)))
-        elif env_text:
-            text, source = env_text, "env"
+        elif env_text or fallback_text:
+            where = s.env if env_text else s.fallback_env
+            text, source = env_text or fallback_text, "env"
             notes.append(("info", "recognized and used environment variable %s=%s"
-                          % (s.env, env_text)))
-        elif s.fallback_env and environ.get(s.fallback_env, ""):
-            text, source = environ[s.fallback_env], "env"
-            notes.append(("info", "recognized and used environment variable %s=%s"
-                          % (s.fallback_env, text)))
+                          % (where, text)))
         else:
-            text, source = s.default, "default"
+            text, source, where = s.default, "default", "--" + s.name
         try:
             values[s.attr] = s.parse(text)
         except SettingError as exc:
-            where = "--" + s.name if source == "flag" else (
-                s.env if env_text else s.fallback_env)
             raise UsageError("invalid value %r for %s: %s" % (text, where, exc)) from None
         sources[s.attr] = source
+        names[s.attr] = where
         if s.ignored and source != "default":
             notes.append(("debug", "ignoring member-only flag --%s (this is a proxy)" % s.name))
     for key in environ:
         if key.startswith(ENV_PREFIX) and key not in BY_ENV:
             notes.append(("warning", "unrecognized environment variable %s" % key))
-    return Settings(values, sources), notes
+    return Settings(values, sources, names), notes
 
 
 def markdown_table():

@@ -254,7 +254,9 @@ class TLSWire(Wire):
                 self.wait_readable(timeout)
 
     def shutdown_write(self):
-        pass  # a TLS close_notify is sent by close()
+        """Nothing: TLS has no half-close here (SSL_shutdown comes only with
+        ``unwrap()``, which waits for the peer's close_notify; ``close()``
+        sends none).  The answers that call this say ``Connection: close``."""
 
 
 def wire(sock):

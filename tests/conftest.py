@@ -55,12 +55,15 @@ def readonly_proxy(cluster, tmp_path_factory):
 
 @pytest.fixture
 def start_proxy(tmp_path):
-    """Factory for proxies with their own flags; each is stopped by pid afterwards."""
+    """Factory for proxies with their own flags; each is stopped by pid afterwards.
+
+    Keyword arguments go to ProxyProcess (env, listen_url, context...).
+    """
     started = []
 
-    def start(initial_cluster, args=(), endpoints=1, env=None):
-        p = ProxyProcess(initial_cluster, args=list(args), env=env,
-                         data_dir=str(tmp_path / ("proxy%d" % len(started))))
+    def start(initial_cluster, args=(), endpoints=1, **kwargs):
+        p = ProxyProcess(initial_cluster, args=list(args),
+                         data_dir=str(tmp_path / ("proxy%d" % len(started))), **kwargs)
         started.append(p)
         p.start(endpoints=endpoints)
         return p

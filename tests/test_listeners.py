@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from geproxy.listeners import bound_url, listen_address, make_listener, unix_path
-from geproxy.testing import ProxyProcess, free_port
+from geproxy.testing import free_port
 from tests.fakeetcd import BODY, FakeEtcd
 from tests.helpers import session
 from tests.inproc import Reader
@@ -39,43 +39,34 @@ def test_a_stale_socket_file_is_replaced(tmp_path):
 
 
 @WORKERS
-def test_unix_socket_listener(member, workers, tmp_path):
+def test_unix_socket_listener(member, workers, tmp_path, start_proxy):
     path = str(tmp_path / "proxy.sock")
     tcp = "http://127.0.0.1:%d" % free_port()  # also listened on, for start()'s readiness check
-    proxy = ProxyProcess(member.initial_cluster, data_dir=str(tmp_path / "data"),
-                         args=["--listen-client-urls", "unix://%s,%s" % (path, tcp),
-                               "--workers", str(workers)], listen_url=tcp)
-    try:
-        proxy.start(endpoints=1)
-        for _ in range(3):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(10)
-            sock.connect(path)
-            try:
-                sock.sendall(b"GET /v2/keys/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                status, _headers, body = Reader(sock).response()
-            finally:
-                sock.close()
-            assert (status, body) == (200, BODY)
-        if workers == 1:
-            assert "listening for client requests on unix://%s" % path in proxy.tail(200)
-        assert proxy.stop() == 0
-        assert not os.path.exists(path)  # as etcd, the socket file goes with the listener
-    finally:
-        proxy.stop()
+    proxy = start_proxy(member.initial_cluster,
+                        ["--listen-client-urls", "unix://%s,%s" % (path, tcp),
+                         "--workers", str(workers)], listen_url=tcp)
+    for _ in range(3):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        try:
+            sock.sendall(b"GET /v2/keys/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            status, _headers, body = Reader(sock).response()
+        finally:
+            sock.close()
+        assert (status, body) == (200, BODY)
+    if workers == 1:
+        assert "listening for client requests on unix://%s" % path in proxy.tail(200)
+    assert proxy.stop() == 0
+    assert not os.path.exists(path)  # as etcd, the socket file goes with the listener
 
 
 @WORKERS
-def test_ipv6_listener(member, workers, tmp_path):
+def test_ipv6_listener(member, workers, start_proxy):
     url = "http://[::1]:%d" % free_port("::1")
-    proxy = ProxyProcess(member.initial_cluster, listen_url=url, data_dir=str(tmp_path / "d"),
-                         args=["--workers", str(workers)])
-    try:
-        proxy.start(endpoints=1)
-        with session() as http:
-            r = http.get(url + "/v2/keys/a", timeout=10)
-        assert (r.status_code, r.content) == (200, BODY)
-        if workers == 1:
-            assert "listening for client requests on %s" % url in proxy.tail(200)
-    finally:
-        proxy.stop()
+    proxy = start_proxy(member.initial_cluster, ["--workers", str(workers)], listen_url=url)
+    with session() as http:
+        r = http.get(url + "/v2/keys/a", timeout=10)
+    assert (r.status_code, r.content) == (200, BODY)
+    if workers == 1:
+        assert "listening for client requests on %s" % url in proxy.tail(200)

@@ -130,6 +130,16 @@ def test_web_concurrency_sets_workers_unless_etcd_workers_given():
         parse([], {"WEB_CONCURRENCY": "zero"})
 
 
+@pytest.mark.parametrize("argv, environ, named", [
+    (["--workers", "3"], {"ETCD_WORKERS": "2"}, "--workers"),
+    ([], {"ETCD_WORKERS": "2", "WEB_CONCURRENCY": "4"}, "ETCD_WORKERS"),
+    ([], {"WEB_CONCURRENCY": "4"}, "WEB_CONCURRENCY"),
+    ([], {}, "--workers"),
+])
+def test_messages_name_a_setting_as_it_was_given(argv, environ, named):
+    assert parse(argv, environ)[0].given_as("workers") == named
+
+
 def test_env_cases_cover_every_setting():
     assert sorted(c[0] for c in ENV_CASES) == sorted(s.env for s in SETTINGS)
 

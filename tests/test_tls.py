@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from geproxy import settings as settings_mod
 from geproxy import tls
-from geproxy.testing import ClusterTLS, LocalCluster, ProxyProcess, free_port
+from geproxy.testing import ClusterTLS, LocalCluster, free_port
 from geproxy.testing.procfs import connections
 from tests.helpers import poll, run_cli
 from tests.inproc import proxy_stack
@@ -108,19 +108,12 @@ def tls_cluster(pki):
 
 
 @pytest.fixture
-def proxies(tmp_path):
-    """Start ProxyProcesses (stopped by pid afterwards): start(cluster, args, **kwargs)."""
-    started = []
-
+def proxies(start_proxy):
+    """start_proxy for a cluster, waiting for all its members by default."""
     def start(cluster, args, endpoints=None, **kwargs):
-        p = ProxyProcess(cluster.initial_cluster, args=list(args),
-                         data_dir=str(tmp_path / ("proxy%d" % len(started))), **kwargs)
-        started.append(p)
-        return p.start(endpoints=len(cluster.members) if endpoints is None else endpoints)
-
-    yield start
-    for p in started:
-        p.stop()
+        return start_proxy(cluster.initial_cluster, args,
+                           len(cluster.members) if endpoints is None else endpoints, **kwargs)
+    return start
 
 
 def key_path():
