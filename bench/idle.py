@@ -30,7 +30,7 @@ from proxies import GoProxy, start_ours  # noqa: E402
 from rawhttp import read_response  # noqa: E402
 from tables import table  # noqa: E402
 from target import Target  # noqa: E402
-from geproxy.listeners import raise_open_files_limit  # noqa: E402
+from geproxy.resources import raise_open_files_limit  # noqa: E402
 from geproxy.testing import procfs  # noqa: E402
 
 SETTLE = 3.0  # seconds idle before RSS is read (ours parks idle connections after 1 s)

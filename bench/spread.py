@@ -39,7 +39,7 @@ from stats import jain, max_min
 from tables import table
 from target import Target
 
-from geproxy.listeners import raise_open_files_limit
+from geproxy.resources import raise_open_files_limit
 from geproxy.testing.procfs import established
 
 TARGET_TOLERANCE = 3.0  # percentage points around 100/n

@@ -53,7 +53,7 @@ from stats import percentile  # noqa: E402
 from tables import table  # noqa: E402
 from target import Target  # noqa: E402
 
-from geproxy.listeners import raise_open_files_limit  # noqa: E402
+from geproxy.resources import raise_open_files_limit  # noqa: E402
 from geproxy.testing import settled_store_watchers, store_watchers  # noqa: E402
 from geproxy.testing.procfs import established, rss_bytes  # noqa: E402
 

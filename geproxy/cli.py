@@ -22,7 +22,7 @@ from geproxy import settings as settings_mod  # noqa: E402
 from geproxy.bootstrap import check_conflicts  # noqa: E402
 from geproxy.datadir import ClusterFile  # noqa: E402
 from geproxy.errors import FatalError, UsageError  # noqa: E402
-from geproxy.listeners import raise_open_files_limit  # noqa: E402
+from geproxy.resources import raise_open_files_limit, schedule_gc  # noqa: E402
 from geproxy.logs import fatal  # noqa: E402
 from geproxy.server import ProxyServer  # noqa: E402
 
@@ -118,6 +118,7 @@ def serve(settings, tls_set):
         gevent.signal_handler(signum, on_signal, signum)
     server.start()
     parts.start()
+    schedule_gc()
     stopping.wait()
     cut = shutdown.graceful(server.servers, parts.app.watches,
                             wiring.seconds(settings.proxy_shutdown_timeout), hurry)

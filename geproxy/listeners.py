@@ -6,13 +6,10 @@
   (gevent#1233).
 * SO_REUSEADDR, a large backlog (bursts of new connections are queued by the
   kernel, not refused).
-* The soft open-files limit is raised to the hard one: every client
-  connection is a descriptor, and each watch that is not shared another.
 * ``unix://path`` listen URLs (etcd's ``unix://host:port`` too: a socket file
   of that name) are Unix sockets; ``http://[::1]:port`` is IPv6.
 """
 
-import logging
 import os
 import socket
 import stat
@@ -20,37 +17,7 @@ from urllib.parse import urlsplit
 
 from geproxy.values import host_port
 
-log = logging.getLogger("geproxy.listeners")
-
 BACKLOG = 2048
-
-
-def raise_open_files_limit():
-    """Lift the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) now in force.
-
-    Each client connection costs a descriptor, and each watch that is not
-    shared another one upstream.  An unlimited hard limit is taken as the
-    kernel's per-process ceiling (/proc/sys/fs/nr_open).
-    """
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
-        return None, None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if hard == resource.RLIM_INFINITY:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                target = int(f.read())
-        except (OSError, ValueError):
-            target = 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, exc)
-    return soft, hard
 
 
 def unix_path(url):

@@ -45,9 +45,10 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker
 from geproxy import metrics, shutdown, wiring
 from geproxy import settings as settings_mod
 from geproxy.admission import Gate
-from geproxy.listeners import listen_address, raise_open_files_limit
+from geproxy.listeners import listen_address
+from geproxy.resources import raise_open_files_limit, schedule_gc
 from geproxy.logs import fatal
-from geproxy.server import PyWSGIServer
+from geproxy.server import PyWSGIServer, StartNowPool
 from geproxy.values import host_port
 
 log = logging.getLogger("geproxy.workers")
@@ -64,11 +65,13 @@ class ProxyWorker(GeventPyWSGIWorker):
 
     def server_class(self, listener, application, spawn, handler_class, environ, log=None,
                      **ssl_args):
-        """Called by gunicorn's run() once per listener; its ``log`` (access log) is dropped."""
+        """Called by gunicorn's run() once per listener; its ``log`` (access log) is dropped,
+        and its pool (``spawn``) is replaced by a StartNowPool of the same size."""
         settings = self.app.settings
         parts = self.app.parts
         server = PyWSGIServer(
-            listener, application, spawn=spawn, handler_class=parts.handler_class,
+            listener, application, spawn=StartNowPool(WORKER_CONNECTIONS),
+            handler_class=parts.handler_class,
             environ=environ, gate=self.gate,
             idle_timeout=wiring.seconds(settings.proxy_client_idle_timeout),
             header_timeout=wiring.seconds(settings.proxy_client_header_timeout),
@@ -82,6 +85,7 @@ class ProxyWorker(GeventPyWSGIWorker):
         """After the fork: one Gate for all of this worker's listeners, as in one process."""
         self.servers = []
         self.gate = Gate(self.app.settings.proxy_max_connections)
+        schedule_gc()
         super().init_process()
 
     def handle_exit(self, sig, frame):

@@ -20,7 +20,7 @@ import time
 import pytest
 from gevent.pool import Pool
 
-from geproxy.listeners import raise_open_files_limit
+from geproxy.resources import raise_open_files_limit
 from tests.helpers import session
 
 ROUNDS = int(os.environ.get("GEPROXY_OVERLOAD_ROUNDS", "10"))
