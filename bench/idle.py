@@ -27,7 +27,7 @@ from gevent.pool import Pool  # noqa: E402
 
 from harness import BENCH_KEY, log, stop_on_sigterm  # noqa: E402
 from proxies import GoProxy, start_ours  # noqa: E402
-from rawhttp import read_response  # noqa: E402
+from geproxy.testing.rawhttp import Reader  # noqa: E402
 from tables import table  # noqa: E402
 from target import Target  # noqa: E402
 from geproxy.resources import raise_open_files_limit  # noqa: E402
@@ -53,9 +53,10 @@ def open_idle(port, count, path, socks):
             no_ports.append(exc)  # said once below, not as one traceback per greenlet
             return
         sock.sendall(request)
-        status, rest = read_response(sock)
-        if status != 200 or rest:
-            raise RuntimeError("proxy answered %s (%d bytes more)" % (status, len(rest)))
+        reader = Reader(sock)
+        status = reader.response()[0]
+        if status != 200 or reader.buf:
+            raise RuntimeError("proxy answered %s (%d bytes more)" % (status, len(reader.buf)))
         socks.append(sock)
 
     pool = Pool(500)

@@ -34,13 +34,13 @@ from gevent.event import Event
 import harness  # first of bench/'s modules: it makes geproxy importable
 from harness import log
 from proxies import GoProxy, pick_matrix, proxy_args, start_ours
-from rawhttp import read_response
 from stats import jain, max_min
 from tables import table
 from target import Target
 
 from geproxy.resources import raise_open_files_limit
 from geproxy.testing.procfs import established
+from geproxy.testing.rawhttp import Reader
 
 TARGET_TOLERANCE = 3.0  # percentage points around 100/n
 TARGET_JAIN = 0.98
@@ -77,11 +77,10 @@ def run_load(url, pid, ports, connections, requests, path, timeout):
                     all_connected.set()
             go.wait()
             try:
-                buf = b""
+                reader = Reader(sock)
                 for _ in range(requests if sock is not None else 0):
                     sock.sendall(request)
-                    status, buf = read_response(sock, buf)
-                    statuses[status] += 1
+                    statuses[reader.response()[0]] += 1
             except (OSError, ValueError, EOFError) as exc:
                 errors.append(repr(exc))
             finally:

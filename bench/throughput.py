@@ -50,6 +50,7 @@ from tables import table
 from target import Target
 
 from geproxy import settings
+from geproxy.testing import wrk
 from geproxy.testing.procfs import cpu_seconds
 
 # The targets, as ratios to the Go proxy measured in the same run
@@ -61,39 +62,6 @@ TARGET_TLS_RATIO = 1.0  # with --tls: any of ours vs Go at 50 connections
 OVERLOAD_CONNECTIONS = 1000  # at or above: every round must match Go's req/s and p99, no errors
 DEFAULT_BALANCE = next(s.default for s in settings.SETTINGS if s.name == "proxy-balance")
 MIXED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed.lua")
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text):
-    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
-    if not m:
-        raise ValueError("unknown latency %r" % text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out):
-    """req/s, total requests, p50/p99 (ms), non-2xx and socket errors from wrk's output."""
-    res = {"rps": None, "requests": None, "p50": None, "p99": None, "non2xx": 0,
-           "socket_errors": 0}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if m:
-        res["rps"] = float(m.group(1))
-    m = re.search(r"(\d+) requests in ([\d.]+\w+)", out)
-    if m:
-        res["requests"] = int(m.group(1))
-    for pct, key in (("50", "p50"), ("99", "p99")):
-        m = re.search(r"^\s+%s(?:\.000)?%%\s+(\S+)" % pct, out, re.M)
-        if m:
-            res[key] = _ms(m.group(1))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        res["non2xx"] = int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        res["socket_errors"] = sum(int(g) for g in m.groups())
-    return res
-
 
 class Config:
     """One row: a target URL, whose CPU to count, and the wrk connection count."""
@@ -136,7 +104,7 @@ def run_wrk(args, url, connections, duration, path, mixed=False):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
     if proc.returncode != 0:
         raise RuntimeError("wrk failed (%d): %s" % (proc.returncode, proc.stderr.strip()))
-    return parse_wrk(proc.stdout)
+    return wrk.parse(proc.stdout)
 
 
 def measure(args, cfg, path, duration=None):
@@ -354,7 +322,7 @@ def profile(args, configs, path):
         % (cfg.name, cfg.pid, cfg.connections, 2 * d + 3, d, d))
     cmd = [args.wrk, "-t%d" % args.threads, "-c%d" % cfg.connections, "-d%ds" % (2 * d + 3),
            "--latency", cfg.url + path]
-    wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(1)
         for fmt, out in (("flamegraph", svg), ("raw", raw)):
@@ -362,13 +330,13 @@ def profile(args, configs, path):
                             "--rate", "200", "--nonblocking", "--subprocesses",
                             "--format", fmt, "--output", out],
                            capture_output=True, timeout=d + 60, check=True)
-        wrk_out, _ = wrk.communicate(timeout=2 * d + 40)
+        wrk_out, _ = load.communicate(timeout=2 * d + 40)
     finally:
-        if wrk.poll() is None:
-            wrk.kill()
-            wrk.wait(timeout=10)
+        if load.poll() is None:
+            load.kill()
+            load.wait(timeout=10)
     text = analyse_raw(raw)
-    res = parse_wrk(wrk_out)
+    res = wrk.parse(wrk_out)
     text = ("Profiled %s under wrk -c%d (%s req/s while sampled)\n\n%s"
             % (cfg.name, cfg.connections, _fmt(res["rps"], "%.0f"), text))
     with open(os.path.join(harness.OUT_DIR, "profile-top.txt"), "w") as f:

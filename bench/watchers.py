@@ -48,7 +48,7 @@ from gevent.lock import BoundedSemaphore  # noqa: E402
 import harness  # noqa: E402  (first of bench/'s modules: it makes geproxy importable)
 from harness import log  # noqa: E402
 from proxies import GoProxy, proxy_args, start_ours  # noqa: E402
-from rawhttp import read_body, read_head, read_response  # noqa: E402
+from geproxy.testing.rawhttp import Reader  # noqa: E402
 from stats import percentile  # noqa: E402
 from tables import table  # noqa: E402
 from target import Target  # noqa: E402
@@ -121,11 +121,12 @@ def run_watcher(w, host, port, gate, counts):
         w.state = "sent"
         counts["sent"] += 1
         stamped = StampedSocket(w.sock)
-        status, headers, buf = read_head(stamped, b"")
+        reader = Reader(stamped)
+        status, headers = reader.head()
         if status == 200:
             w.state = "head"
             counts["head"] += 1
-        body, _ = read_body(stamped, headers, buf)
+        body = reader.body(dict(headers))
         w.done_at = stamped.stamp
         event = json.loads(body) if status == 200 else None
         if event is None or event.get("node", {}).get("key") != "/" + w.key:
@@ -146,7 +147,7 @@ def put_all(member_url, keys, started):
 
     def worker():
         sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        buf = b""
+        reader = Reader(sock)
         try:
             while queue:
                 key = queue.pop()
@@ -156,7 +157,7 @@ def put_all(member_url, keys, started):
                            % (key, parts.netloc, len(body))).encode() + body
                 started[key] = time.time()  # the clock of the receive timestamps
                 sock.sendall(request)
-                status, buf = read_response(sock, buf)
+                status = reader.response("PUT")[0]
                 if status not in (200, 201):
                     errors.append("PUT %s: %s" % (key, status))
         finally:

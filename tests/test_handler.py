@@ -13,9 +13,10 @@ import pytest
 from gevent.event import Event
 from gevent.server import StreamServer
 
+from geproxy.testing.rawhttp import Reader
 from tests.fakeupstream import FakeMember, Reply
 from tests.helpers import poll
-from tests.inproc import Reader, connect, exchange, proxy_stack, status_of
+from tests.inproc import connect, exchange, proxy_stack, status_of
 
 PUT = b"PUT /v2/keys/k HTTP/1.1\r\nHost: x\r\n"
 FORM = b"Content-Type: application/x-www-form-urlencoded\r\n"

@@ -7,9 +7,9 @@ import pytest
 
 from geproxy.listeners import bound_url, listen_address, make_listener, unix_path
 from geproxy.testing import free_port
+from geproxy.testing.rawhttp import Reader
 from tests.fakeetcd import BODY, FakeEtcd
 from tests.helpers import session
-from tests.inproc import Reader
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1 worker", "2 workers"])
 

@@ -21,27 +21,20 @@ import pytest
 from gevent.pool import Pool
 
 from geproxy.resources import raise_open_files_limit
+from geproxy.testing import wrk
 from tests.helpers import session
 
 ROUNDS = int(os.environ.get("GEPROXY_OVERLOAD_ROUNDS", "10"))
 ROUND_SECONDS = 10
 
 
-def wrk(url, connections, seconds):
-    """wrk's summary for a GET of ``url``: (requests, non-2xx, socket errors)."""
+def run_wrk(url, connections, seconds):
+    """wrk's summary for a GET of ``url`` (geproxy.testing.wrk.parse), and its output."""
     out = subprocess.run(["wrk", "-t2", "-c%d" % connections, "-d%ds" % seconds,
                           "--timeout", "10s", url], capture_output=True, text=True,
                          timeout=seconds + 60, preexec_fn=raise_open_files_limit)
     assert out.returncode == 0, out.stderr
-    text = out.stdout
-    requests = int(text.split(" requests in ")[0].split()[-1])
-    non2xx = int(text.split("Non-2xx or 3xx responses: ")[1].split()[0]) \
-        if "Non-2xx" in text else 0
-    errors = 0
-    if "Socket errors:" in text:
-        fields = text.split("Socket errors: ")[1].split("\n")[0].replace(",", "").split()
-        errors = sum(int(v) for v in fields[1::2])
-    return requests, non2xx, errors, text
+    return wrk.parse(out.stdout), out.stdout
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by make test")
@@ -53,9 +46,9 @@ def test_overload_never_marks_healthy_members_failed(cluster, start_proxy, key):
         assert http.put(proxy.url + key, data={"value": "load"}).status_code == 201
     totals = []
     for _round in range(ROUNDS):
-        requests, non2xx, errors, text = wrk(proxy.url + key, 1000, ROUND_SECONDS)
-        totals.append((requests, non2xx, errors))
-        assert non2xx == 0, text
+        summary, text = run_wrk(proxy.url + key, 1000, ROUND_SECONDS)
+        totals.append((summary["requests"], summary["non2xx"], summary["socket_errors"]))
+        assert summary["requests"] and summary["non2xx"] == 0, text
         with session() as http:
             config = http.get(proxy.url + "/v2/config/local/proxy").json()
         assert config["failed"] == [] and len(config["endpoints"]) == len(cluster.members), config

@@ -15,9 +15,9 @@ import gevent
 import pytest
 
 from geproxy.testing import ProxyProcess
+from geproxy.testing.rawhttp import Reader
 from tests.fakeetcd import BODY, FakeEtcd
 from tests.helpers import poll
-from tests.inproc import Reader
 
 SHUTDOWN_TIMEOUT_MS = 8000
 IDLE = 50

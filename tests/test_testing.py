@@ -12,7 +12,9 @@ import pytest
 
 from geproxy.testing import (LocalCluster, Member, ProxyProcess, free_port, metric_value,
                              parse_metrics)
+from geproxy.testing import wrk
 from geproxy.testing.procfs import cpu_seconds, gone
+from geproxy.testing.rawhttp import Reader
 from tests.helpers import session
 
 
@@ -159,3 +161,49 @@ def test_proxy_process_start_and_stop_by_pid(s, tmp_path):
             assert p.stop() == 0  # SIGTERM: a clean shutdown
         assert gone(p.pid)
         assert os.path.exists(str(tmp_path / "proxy.log"))
+
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/v2/keys/bench
+  2 threads and 1000 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   111.80ms   50.90ms 778.10ms   94.65%
+    Req/Sec     4.70k     1.14k    7.22k    82.74%
+  Latency Distribution
+     50%  102.96ms
+     75%  112.88ms
+     90%  135.35ms
+     99%    1.36s
+  92468 requests in 10.09s, 39.95MB read
+  Socket errors: connect 0, read 3, write 0, timeout 12
+  Non-2xx or 3xx responses: 7
+Requests/sec:   9161.94
+Transfer/sec:      3.96MB
+"""
+
+
+def test_wrk_summary_as_numbers():
+    assert wrk.parse(WRK_OUTPUT) == {"rps": 9161.94, "requests": 92468, "p50": 102.96,
+                                     "p99": 1360.0, "non2xx": 7, "socket_errors": 15}
+    assert wrk.parse("")["requests"] is None  # wrk failed: nothing invented
+
+
+def test_raw_reader_reads_back_to_back_responses_of_each_framing():
+    class Bytes:
+        def __init__(self, data):
+            self.data = data
+
+        def recv(self, n):
+            data, self.data = self.data[:7], self.data[7:]  # a few bytes per read
+            return data
+
+    reader = Reader(Bytes(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n1\r\nf\r\n0\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n"
+        b"HTTP/1.0 200 OK\r\n\r\nto the close"))
+    assert reader.response() == (200, {"content-length": "3"}, b"abc")
+    assert reader.response() == (200, {"transfer-encoding": "chunked"}, b"def")
+    assert reader.response() == (204, {"x-a": "b"}, b"")
+    assert reader.response() == (200, {}, b"to the close")
+    with pytest.raises(EOFError):
+        reader.response()

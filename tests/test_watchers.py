@@ -16,8 +16,8 @@ from gevent.pool import Pool
 
 from geproxy.testing import ProxyProcess
 from geproxy.testing.procfs import cpu_seconds
+from geproxy.testing.rawhttp import Reader
 from tests.helpers import poll, settled_watchers, watchers
-from tests.inproc import Reader
 
 STATUS_WAIT = 10.0  # seconds any single read from the proxy may take
 

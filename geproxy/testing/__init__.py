@@ -18,7 +18,9 @@ Modules, one job each:
 * ``process``: owned child processes, started, signalled and reaped by pid only;
 * ``metrics``: a member's own counters from its /metrics;
 * ``procfs``: CPU, memory, children and TCP sockets of a process, from /proc;
-* ``net``: free ports, small HTTP calls, the loopback guard.
+* ``net``: free ports, small HTTP calls, the loopback guard;
+* ``rawhttp``: responses read off a raw socket exactly as they arrived;
+* ``wrk``: wrk's summary as numbers.
 
 Only the standard library and prometheus_client are used, with blocking
 calls gevent can patch: it works with or without ``monkey.patch_all()``.
