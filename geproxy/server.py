@@ -27,12 +27,13 @@ from gevent.pool import Pool
 
 from geproxy.admission import Gate
 from geproxy.handler import ProxyHandler
-from geproxy.listeners import bound_url, listen_address, make_listener, unix_path
+from geproxy.listeners import BACKLOG, bound_url, listen_address, make_listener, unix_path
 from geproxy.logs import Every
 
 log = logging.getLogger("geproxy.server")
 
 REJECTED_EVERY = 10.0  # seconds between two info lines about refused client input
+WORKER_ACCEPTS = 100  # connections a worker accepts per loop turn (gevent's default)
 
 
 class ErrorLog:
@@ -104,15 +105,20 @@ class PyWSGIServer(pywsgi.WSGIServer):
         self.rejected = Every(log, logging.INFO, REJECTED_EVERY, debug=True)
 
     def set_max_accept(self):
-        """Keep accepting up to ``max_accept`` (gevent's 100) per loop turn in worker mode too.
+        """How many queued connections to accept per loop turn: all of them in one
+        process, gevent's 100 in worker mode.
 
-        pywsgi drops to one accept per turn when ``wsgi.multiprocess`` is set
-        (``--workers N``), to spread connections over the processes.  Under
-        load a turn takes 10-25 ms here, so a burst of 1,000 new connections
-        waited in the listen queue for up to 3.4 s (wrk -c1000: p99 3.3 s,
-        timeouts).  Every worker wakes for a burst anyway: with 100 per turn
-        two workers took 516 and 484 of the 1,000 and the queue was empty at once.
+        A turn under load takes 10-45 ms here, so a burst of new connections
+        taken 100 a turn waits for turns in the listen queue: at wrk -c1000 the
+        last of the burst began a few hundred ms late, and those first requests
+        were the run's slowest.  One process has nobody to share a burst with
+        (accepting all that are queued: one worker's req/s 1.38x Go's against
+        1.21x, p99.9 232-325 ms against 265-494, five alternating rounds).
+        Workers do: every worker wakes for a burst, and at 100 a turn two took
+        516 and 484 of 1,000.  pywsgi itself accepts one per turn under
+        ``wsgi.multiprocess``, which left a burst in the queue for seconds.
         """
+        self.max_accept = WORKER_ACCEPTS if self.environ.get("wsgi.multiprocess") else BACKLOG
 
     def do_read(self):
         try:

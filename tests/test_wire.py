@@ -84,20 +84,24 @@ def test_client_connections_have_tcp_nodelay():
         server.stop()
 
 
-def test_worker_mode_accepts_a_whole_burst_in_one_loop_turn():
-    """Under ``--workers`` (wsgi.multiprocess) pywsgi would accept one connection per
-    loop turn; a busy worker then left a burst of clients in the listen queue for seconds."""
+@pytest.mark.parametrize("multiprocess, queued, accepted", [(False, 300, 300), (True, 150, 100)])
+def test_one_loop_turn_accepts_the_queued_burst(multiprocess, queued, accepted):
+    """One process accepts every queued connection in one loop turn; a worker
+    (wsgi.multiprocess) takes 100 a turn and leaves the rest to the others.  pywsgi
+    would accept one a turn there, and a busy worker then left a burst in the listen
+    queue for seconds."""
     def app(environ, start_response):
         start_response("204 No Content", [])
         return []
 
     server = PyWSGIServer(make_listener("127.0.0.1", 0), app, gate=Gate(),
-                          environ={"wsgi.multiprocess": True})
+                          environ={"wsgi.multiprocess": multiprocess})
     clients = []
     try:
-        clients = [socket.create_connection(server.address, timeout=5.0) for _ in range(50)]
+        clients = [socket.create_connection(server.address, timeout=5.0)
+                   for _ in range(queued)]
         server._do_read()  # what the listener's watcher runs once per loop turn (gevent)
-        assert server.gate.open == 50
+        assert server.gate.open == accepted
     finally:
         for sock in clients:
             sock.close()
