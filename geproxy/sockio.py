@@ -13,10 +13,10 @@ this directly saves 5-7 µs per GET (bench/README.md).  So ``Wire`` does:
   member's answer or a keep-alive client's next request needs: it is never
   there yet); ``recv`` tries first (data may already be waiting).
 
-That needs two things gevent does not promise to keep: the kernel socket
-object under a gevent socket (``_sock``) and the socket's write watcher
-(``_write_event``).  Both are taken here and nowhere
-else; ``check_gevent_internals`` (run by ``tests/test_sockio.py``, and
+That needs things gevent does not promise to keep: the kernel socket
+object under a gevent socket (``_sock``), the socket's write watcher
+(``_write_event``) and, for TLS, the OpenSSL object under its SSLSocket
+(``_sslobj``).  They are taken here and nowhere else; ``check_gevent_internals`` (run by ``tests/test_sockio.py``, and
 ``setup.py`` pins the gevent range it passed on) fails loudly on a gevent
 whose layout differs.  The waiting itself uses gevent's public ``Waiter``
 and loop watchers; a wait with a timeout starts a bare loop timer instead of
@@ -24,19 +24,19 @@ a ``gevent.Timeout`` (0.2 µs against 3 µs per wait, twice per request,
 measured).  The timer is made for each wait: one kept per connection and
 re-armed lost I/O wake-ups under load here.
 
-TLS sockets are used through their own methods (``TLSWire``): encrypted bytes
-on the kernel socket are not the application's, and OpenSSL may hold
+TLS sockets are read and written through OpenSSL (``TLSWire``): encrypted
+bytes on the kernel socket are not the application's, and OpenSSL may hold
 decrypted bytes that a readability check would not see.  They are kept
 non-blocking, so a read or write is tried first and only OpenSSL's want-read
 or want-write waits, on the same watchers and loop timers as ``Wire``
 (gevent's blocking SSLSocket would start a Timeout per timed read and ask
-for SO_SNDBUF per send).  Everything above this module uses one ``Wire``
+for SO_SNDBUF per send; its non-blocking one cannot say which want it met).  Everything above this module uses one ``Wire``
 interface for both.
 """
 
 import _socket
 import socket as _stdsocket
-from ssl import SSLWantReadError, SSLWantWriteError
+from ssl import SSLEOFError, SSLWantReadError, SSLWantWriteError
 
 from gevent.hub import Waiter, get_hub
 
@@ -45,7 +45,8 @@ RECV_SIZE = 65536
 
 def check_gevent_internals(sock):
     """Raise RuntimeError unless a gevent socket has the parts Wire relies on."""
-    missing = [name for name in ("_sock", "_write_event") if not hasattr(sock, name)]
+    parts = ("_sock", "_write_event") + (("_sslobj",) if hasattr(sock, "getpeercert") else ())
+    missing = [name for name in parts if not hasattr(sock, name)]
     if missing:
         raise RuntimeError("gevent socket %r lacks %s: this gevent's internals differ from "
                            "the ones geproxy.sockio was written for" % (type(sock), missing))
@@ -54,6 +55,9 @@ def check_gevent_internals(sock):
         raise RuntimeError("gevent socket's _sock is not a non-blocking kernel socket")
     if getattr(sock._write_event, "fd", None) != raw.fileno():
         raise RuntimeError("gevent socket's _write_event does not watch its descriptor")
+    if "_sslobj" in parts and not all(hasattr(sock._sslobj, name)
+                                      for name in ("read", "write", "pending")):
+        raise RuntimeError("gevent SSLSocket's _sslobj is not an OpenSSL socket object")
 
 
 class Wire:
@@ -201,15 +205,24 @@ class Wire:
 
 
 class TLSWire(Wire):
-    """The same interface over a gevent ``SSLSocket``, through its own methods."""
+    """The same interface over a gevent ``SSLSocket``, through its OpenSSL object.
 
-    __slots__ = ()
+    ``sock._sslobj`` (the ``_ssl._SSLSocket`` gevent's SSLSocket wraps) is read
+    and written directly: it reports OpenSSL's want-read and want-write as
+    exceptions, while gevent's non-blocking ``send`` returns 0 for either,
+    which does not say what to wait for (taken as sent, it lost the rest of an
+    answer larger than the socket buffer), and every gevent method adds a
+    layer of Python per call.
+    """
+
+    __slots__ = ("ssl",)
 
     tls = True
 
     def __init__(self, sock):
         self.sock = sock
         self.raw = sock
+        self.ssl = sock._sslobj
         self._io = self._waiter = None
         self._writable = sock._write_event
         sock.settimeout(0.0)  # after the handshake: OpenSSL's wants are waited for here
@@ -218,35 +231,37 @@ class TLSWire(Wire):
         """Wait until readable unless OpenSSL already holds decrypted bytes, then read
         (no failed SSL_read first: OpenSSL reads no further ahead than the record it
         decrypts, so the next record's bytes still wake the watcher)."""
-        if not self.sock.pending():
+        if not self.ssl.pending():
             self.wait_readable(timeout)
         return self.recv(timeout)
 
     def recv(self, timeout=None):
-        sock = self.sock
+        ssl = self.ssl
         while True:
             try:
-                return sock.recv(RECV_SIZE)
+                return ssl.read(RECV_SIZE)  # b"" after the peer's close_notify
             except SSLWantReadError:
                 self.wait_readable(timeout)
             except SSLWantWriteError:
                 self.wait(self._writable, timeout)
+            except SSLEOFError:
+                return b""  # closed without close_notify: an end all the same
 
     def ready(self):
-        sock = self.sock
-        if sock.pending():
+        if self.ssl.pending():
             return b"?"  # decrypted bytes are waiting
         try:
-            return sock._sock.recv(1, _stdsocket.MSG_PEEK) and b"?"
+            return self.sock._sock.recv(1, _stdsocket.MSG_PEEK) and b"?"
         except BlockingIOError:
             return None
 
     def send_all(self, data, timeout=None):
-        """All of ``data`` in one SSL_write, retried with the same bytes after a want."""
-        sock = self.sock
+        """All of ``data`` in one SSL_write (OpenSSL writes all or nothing here),
+        retried with the same bytes after a want."""
+        ssl = self.ssl
         while True:
             try:
-                sock.send(data)
+                ssl.write(data)
                 return
             except SSLWantWriteError:
                 self.wait(self._writable, timeout)
