@@ -274,9 +274,8 @@ class ProxyHandler(AnswerWriter, pywsgi.WSGIHandler):
         went quiet between requests past the idle timeout, or cut a head off.
         ``waiting`` says bytes are probably there already (a connection just
         accepted or woken from parking): the first read is tried at once.  Waiting
-        for readability first, as between keep-alive requests, costs such a
-        connection a whole event-loop turn: at wrk -c1000 a turn is ~45 ms, and
-        the first requests of a burst of new connections made the p99.
+        for readability first, as between keep-alive requests, would cost such a
+        connection a whole event-loop turn (~45 ms at wrk -c1000).
         """
         server = self.server
         wire = self.wire
