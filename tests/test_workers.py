@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from geproxy.testing import free_port
 from geproxy.testing.procfs import children, gone, socket_inode, socket_inodes
 from tests.helpers import poll
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="nee
 
 def serving_worker(proxy, conn, workers):
     """The worker pid holding the server side of this client connection."""
-    inode = socket_inode(proxy.port, conn.sock.getsockname()[1])
+    inode = socket_inode(conn.sock.getpeername()[1], conn.sock.getsockname()[1])
     owners = [pid for pid in workers if inode in socket_inodes([pid])]
     return owners[0] if len(owners) == 1 else None
 
@@ -77,6 +78,56 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
         assert poll(lambda: all(gone(pid) for pid in workers), timeout=1.0)
         assert time.monotonic() - started < 5.0
         assert proxy.proc.returncode == 0
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def held_if_served(port):
+    """A keep-alive connection that got a 200 and stays open, or None if it was shed."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/v2/config/local/proxy")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status == 200:
+            return conn
+        assert resp.status == 503
+    except (ConnectionError, http.client.RemoteDisconnected):
+        pass  # shed by closing
+    conn.close()
+    return None
+
+
+def test_connection_cap_is_per_worker_over_all_its_listeners(cluster, start_proxy):
+    """--proxy-max-connections counts a worker's connections on all its listeners
+    together (one Gate per worker, as in one process): two workers capped at one
+    serve at most two clients at once, however they spread over two listeners."""
+    first, second = ("http://127.0.0.1:%d" % free_port() for _ in range(2))
+    proxy = start_proxy(cluster.initial_cluster,
+                        ["--workers", "2", "--proxy-max-connections", "1",
+                         "--listen-client-urls", "%s,%s" % (first, second)],
+                        endpoints=len(cluster.members), listen_url=first)
+    assert poll(lambda: len(children(proxy.pid)) == 2, timeout=10)
+    workers = children(proxy.pid)
+    ports = [int(url.rsplit(":", 1)[1]) for url in (first, second)]
+    held = []
+    try:
+        # start-up probes may still hold a slot for a moment: take what is free
+        deadline = time.monotonic() + 5.0
+        while not held and time.monotonic() < deadline:
+            conn = held_if_served(ports[0])
+            if conn is not None:
+                held.append(conn)
+        assert held, "no connection was served"
+        for port in ports * 10:
+            conn = held_if_served(port)
+            if conn is not None:
+                held.append(conn)
+        owners = [serving_worker(proxy, conn, workers) for conn in held]
+        assert None not in owners and len(set(owners)) == len(owners), \
+            "a worker serves %d connections at once" % max(owners.count(w) for w in owners)
+        assert 1 <= len(held) <= 2
     finally:
         for conn in held:
             conn.close()
