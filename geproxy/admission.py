@@ -3,7 +3,9 @@
 New connections are shed quickly, never queued and never a crash.  Over
 ``--proxy-max-connections`` (counted over all listeners of the process) a new
 connection is accepted, told ``503`` with ``Connection: close`` and closed (a
-bounded linger lets the client read it).  gevent's own behaviour would differ
+bounded linger lets the client read it); on an https listener it is closed
+at once, since a client that expects a TLS handshake cannot read a plain 503
+(the Go proxy has no cap, so nothing to match here).  gevent's own behaviour would differ
 in both cases: with a full ``Pool(n)`` it stops accepting, so new clients hang
 in the backlog; on EMFILE/ENFILE it prints a traceback and pauses accepting
 (up to 1 s), again leaving clients in the backlog.  Here, on EMFILE/ENFILE one
@@ -82,11 +84,12 @@ class Gate:
         self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",
                          reason, self.open, self.shed_over_cap + self.shed_no_files)
 
-    def shed(self, sock):
-        """Over the cap: a 503 with Connection: close, then close (bounded linger)."""
+    def shed(self, sock, tls=False):
+        """Over the cap: a 503 with Connection: close, then close (bounded linger);
+        with ``tls`` (an https listener, before any handshake) just close."""
         self.shed_over_cap += 1
         self._warn("at most %d allowed (--proxy-max-connections)" % self.max_connections)
-        if self.lingering >= MAX_LINGERING:
+        if tls or self.lingering >= MAX_LINGERING:
             sock.close()
             return
         self.lingering += 1

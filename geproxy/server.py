@@ -131,7 +131,7 @@ class PyWSGIServer(pywsgi.WSGIServer):
 
     def do_handle(self, sock, address):
         if self.gate.full():
-            self.gate.shed(sock)
+            self.gate.shed(sock, tls=self.ssl_context is not None)
             return
         self.gate.opened()
         super().do_handle(sock, address)

@@ -16,7 +16,8 @@ READ_TIMEOUT = 10.0  # seconds any single read from the proxy may take in a test
 
 @contextmanager
 def proxy_stack(*member_urls, transport="native", idle_timeout=300.0, header_timeout=10.0,
-                member_head_timeout=5.0, readonly=False, tls=None, **app_options):
+                member_head_timeout=5.0, readonly=False, tls=None, max_connections=0,
+                **app_options):
     """A started in-process proxy in front of ``member_urls`` (tried in the order given).
 
     With ``tls`` (a geproxy.tls.TLS) it listens on https and reaches https
@@ -30,7 +31,8 @@ def proxy_stack(*member_urls, transport="native", idle_timeout=300.0, header_tim
     app = ProxyApp(endpoints, upstream, readonly=readonly, header_timeout=member_head_timeout,
                    **app_options)
     listen = "https://127.0.0.1:0" if tls is not None else "http://127.0.0.1:0"
-    server = ProxyServer(app, [listen], idle_timeout=idle_timeout, header_timeout=header_timeout,
+    server = ProxyServer(app, [listen], max_connections=max_connections,
+                         idle_timeout=idle_timeout, header_timeout=header_timeout,
                          tls_contexts=tls.listener_contexts([listen]) if tls is not None else None)
     server.start()
     server.app = app

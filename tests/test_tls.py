@@ -305,6 +305,31 @@ def test_one_keep_alive_connection_makes_one_upstream_handshake(tls_cluster, pki
     assert contexts.forward.handshakes == 1
 
 
+def test_over_the_cap_an_https_listener_closes_without_a_plain_answer(pki):
+    """A client that expects a TLS handshake cannot read a plain 503: over
+    --proxy-max-connections an https listener closes the new connection at once."""
+    settings, _ = settings_mod.parse(["--listen-client-urls", "https://127.0.0.1:0"]
+                                     + pki.client_flags(peer=False), {})
+    contexts = tls.load(settings)
+    with proxy_stack("https://127.0.0.1:9", tls=contexts, max_connections=1) as (port, server):
+        held = pki.context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                                         server_hostname="127.0.0.1")
+        try:
+            assert poll(lambda: server.gate.open == 1)
+            over = socket.create_connection(("127.0.0.1", port), timeout=5)
+            try:
+                try:
+                    answer = over.recv(100)
+                except ConnectionResetError:
+                    answer = b""
+                assert answer == b""  # closed, no "HTTP/1.1 503" where a ServerHello belongs
+            finally:
+                over.close()
+            assert server.gate.shed_over_cap == 1 and server.gate.open == 1
+        finally:
+            held.close()
+
+
 def test_upstream_tls_connections_stay_open_across_requests(tls_cluster, pki, proxies):
     """The proxy as a process: the same upstream connection (local port) serves every GET."""
     proxy = proxies(tls_cluster, pki.client_flags(), context=pki.context())
