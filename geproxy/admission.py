@@ -5,10 +5,10 @@ New connections are shed quickly, never queued and never a crash.  Over
 connection is accepted, told ``503`` with ``Connection: close`` and closed (a
 bounded linger lets the client read it); on an https listener it is closed
 at once, since a client that expects a TLS handshake cannot read a plain 503
-(the Go proxy has no cap, so nothing to match here).  gevent's own behaviour would differ
-in both cases: with a full ``Pool(n)`` it stops accepting, so new clients hang
-in the backlog; on EMFILE/ENFILE it prints a traceback and pauses accepting
-(up to 1 s), again leaving clients in the backlog.  Here, on EMFILE/ENFILE one
+(the Go proxy has no cap, so nothing to match here).  gevent's own behaviour
+would differ in both cases: with a full ``Pool(n)`` it stops accepting, so new
+clients hang in the backlog; on EMFILE/ENFILE it prints a traceback and pauses
+accepting (up to 1 s), again leaving clients in the backlog.  Here, on EMFILE/ENFILE one
 spare descriptor kept for the purpose is released, the waiting connections
 are accepted and closed at once (the clients see a reset right away and can
 try another proxy), and the spare is taken back; serving resumes as soon as

@@ -22,8 +22,8 @@ from geproxy import settings as settings_mod  # noqa: E402
 from geproxy.bootstrap import check_conflicts  # noqa: E402
 from geproxy.datadir import ClusterFile  # noqa: E402
 from geproxy.errors import FatalError, UsageError  # noqa: E402
-from geproxy.resources import raise_open_files_limit, schedule_gc  # noqa: E402
 from geproxy.logs import fatal  # noqa: E402
+from geproxy.resources import raise_open_files_limit, schedule_gc  # noqa: E402
 from geproxy.server import ProxyServer  # noqa: E402
 
 log = logging.getLogger("geproxy")
