@@ -63,6 +63,11 @@ OVERLOAD_CONNECTIONS = 1000  # at or above: every round must match Go's req/s an
 DEFAULT_BALANCE = next(s.default for s in settings.SETTINGS if s.name == "proxy-balance")
 MIXED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed.lua")
 
+def balance_suffix(balance):
+    """What a row's name adds for its --proxy-balance (nothing for the default)."""
+    return "" if balance == DEFAULT_BALANCE else " " + balance
+
+
 class Config:
     """One row: a target URL, whose CPU to count, and the wrk connection count."""
 
@@ -147,8 +152,7 @@ def start_all(args, target, procs, tls=None):
             proxy = start_ours(target.initial_cluster, proxy_args(transport, workers, balance),
                                n, tls)
             procs.append(proxy)
-            name = "ours %s w%d%s" % (transport, workers,
-                                      "" if balance == DEFAULT_BALANCE else " " + balance)
+            name = "ours %s w%d%s" % (transport, workers, balance_suffix(balance))
             log("%s pid %d on %s" % (name, proxy.pid, proxy.url))
             configs_c50.append(Config(name, "ours", proxy.url, proxy.pid, args.connections,
                                       transport, workers, balance=balance))
@@ -245,8 +249,8 @@ def verdicts(configs, connections, tls=False):
         if 1 in rps and 2 in rps:
             lines.append(_verdict(rps[2] >= rps[1], "--workers 2 against 1, %s%s: %.0f vs %.0f "
                                   "req/s (%.2fx; target: no slower)" % (
-                                      transport, "" if balance == DEFAULT_BALANCE
-                                      else " " + balance, rps[2], rps[1], rps[2] / rps[1])))
+                                      transport, balance_suffix(balance),
+                                      rps[2], rps[1], rps[2] / rps[1])))
     return "\n".join(lines)
 
 

@@ -45,8 +45,9 @@ RECV_SIZE = 65536
 
 def check_gevent_internals(sock):
     """Raise RuntimeError unless a gevent socket has the parts Wire relies on."""
-    parts = ("_sock", "_write_event") + (("_sslobj",) if hasattr(sock, "getpeercert") else ())
-    missing = [name for name in parts if not hasattr(sock, name)]
+    tls = hasattr(sock, "getpeercert")
+    missing = [name for name in ("_sock", "_write_event") + (("_sslobj",) if tls else ())
+               if not hasattr(sock, name)]
     if missing:
         raise RuntimeError("gevent socket %r lacks %s: this gevent's internals differ from "
                            "the ones geproxy.sockio was written for" % (type(sock), missing))
@@ -55,8 +56,7 @@ def check_gevent_internals(sock):
         raise RuntimeError("gevent socket's _sock is not a non-blocking kernel socket")
     if getattr(sock._write_event, "fd", None) != raw.fileno():
         raise RuntimeError("gevent socket's _write_event does not watch its descriptor")
-    if "_sslobj" in parts and not all(hasattr(sock._sslobj, name)
-                                      for name in ("read", "write", "pending")):
+    if tls and not all(hasattr(sock._sslobj, name) for name in ("read", "write", "pending")):
         raise RuntimeError("gevent SSLSocket's _sslobj is not an OpenSSL socket object")
 
 

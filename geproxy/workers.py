@@ -46,8 +46,8 @@ from geproxy import metrics, shutdown, wiring
 from geproxy import settings as settings_mod
 from geproxy.admission import Gate
 from geproxy.listeners import listen_address
-from geproxy.resources import raise_open_files_limit, schedule_gc
 from geproxy.logs import fatal
+from geproxy.resources import raise_open_files_limit, schedule_gc
 from geproxy.server import PyWSGIServer, StartNowPool
 from geproxy.values import host_port
 

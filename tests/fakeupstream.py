@@ -29,6 +29,8 @@ import socket
 
 from gevent.server import StreamServer
 
+from geproxy.values import host_port
+
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
            500: "Internal Server Error", 503: "Service Unavailable"}
 CLUSTER_ID = "cdf818194e3a8c32"  # what fake members answer in X-Etcd-Cluster-ID
@@ -185,7 +187,7 @@ class FakeMember:
             self._server = StreamServer((host, 0), self._handle)
             self._server.start()
             self.port = self._server.address[1]
-        self.url = "http://%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
+        self.url = "http://" + host_port(host, self.port)
 
     def __repr__(self):
         return "FakeMember(%s, %r)" % (self.url, self.behaviour)
