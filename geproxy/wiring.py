@@ -9,12 +9,14 @@ and the listeners.  Both the single process (cli) and each worker process
 (workers) call ``build``; nothing runs until ``Parts.start()``, which also
 starts watching the certificate files.  Around forwarding: the counting for
 the metrics (meter, metrics), CORS (cors) and the access log's handler class
-(accesslog), each only when its flag asks for it.
+(accesslog), each only when its flag asks for it; and the loop's polling
+after events (busypoll).
 """
 
 from geproxy.accesslog import handler_class
 from geproxy.app import ProxyApp
 from geproxy.bootstrap import Bootstrap
+from geproxy.busypoll import BusyPoll
 from geproxy.cors import Cors
 from geproxy.datadir import ClusterFile
 from geproxy.endpoints import EndpointSet
@@ -36,11 +38,12 @@ class Parts:
 
     ``exporter`` (metrics.Exporter, None with --metrics off) wants the
     listeners' Gates (``exporter.track``); ``handler_class`` is the
-    connection handler to serve with.
+    connection handler to serve with; ``busy_poll`` (busypoll.BusyPoll) keeps
+    the loop polling after events.
     """
 
     def __init__(self, app, membership, transport, lag, tls, exporter=None,
-                 handler_class=None):
+                 handler_class=None, busy_poll=None):
         self.app = app
         self.membership = membership
         self.transport = transport
@@ -48,9 +51,12 @@ class Parts:
         self.tls = tls
         self.exporter = exporter
         self.handler_class = handler_class
+        self.busy_poll = busy_poll
 
     def start(self):
         self.lag.start()
+        if self.busy_poll is not None:
+            self.busy_poll.start()
         self.tls.start()
         if self.exporter is not None:
             self.exporter.start()
@@ -60,6 +66,8 @@ class Parts:
         self.membership.stop()
         self.tls.stop()
         self.lag.stop()
+        if self.busy_poll is not None:
+            self.busy_poll.stop()
         if self.exporter is not None:
             self.exporter.stop()
 
@@ -112,4 +120,5 @@ def build(settings, tls, on_fatal=None, metrics_dir=None):
     if exporter is not None:
         exporter.coalescer = app.coalescer  # made by the app
     return Parts(app, membership, transport, lag, tls, exporter,
-                 handler_class(settings.access_log))
+                 handler_class(settings.access_log),
+                 BusyPoll(settings.proxy_busy_poll / 1e6))
