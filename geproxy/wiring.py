@@ -38,12 +38,12 @@ class Parts:
 
     ``exporter`` (metrics.Exporter, None with --metrics off) wants the
     listeners' Gates (``exporter.track``); ``handler_class`` is the
-    connection handler to serve with; ``busy_poll`` (busypoll.BusyPoll) keeps
-    the loop polling after events.
+    connection handler to serve with; ``busy_poll`` (busypoll.BusyPoll, a
+    no-op with --proxy-busy-poll 0) keeps the loop polling after events.
     """
 
-    def __init__(self, app, membership, transport, lag, tls, exporter=None,
-                 handler_class=None, busy_poll=None):
+    def __init__(self, app, membership, transport, lag, busy_poll, tls, exporter=None,
+                 handler_class=None):
         self.app = app
         self.membership = membership
         self.transport = transport
@@ -55,8 +55,7 @@ class Parts:
 
     def start(self):
         self.lag.start()
-        if self.busy_poll is not None:
-            self.busy_poll.start()
+        self.busy_poll.start()
         self.tls.start()
         if self.exporter is not None:
             self.exporter.start()
@@ -66,8 +65,7 @@ class Parts:
         self.membership.stop()
         self.tls.stop()
         self.lag.stop()
-        if self.busy_poll is not None:
-            self.busy_poll.stop()
+        self.busy_poll.stop()
         if self.exporter is not None:
             self.exporter.stop()
 
@@ -119,6 +117,5 @@ def build(settings, tls, on_fatal=None, metrics_dir=None):
                    meter=meter, metrics=exporter, cors=Cors(settings.cors))
     if exporter is not None:
         exporter.coalescer = app.coalescer  # made by the app
-    return Parts(app, membership, transport, lag, tls, exporter,
-                 handler_class(settings.access_log),
-                 BusyPoll(settings.proxy_busy_poll / 1e6))
+    return Parts(app, membership, transport, lag, BusyPoll(settings.proxy_busy_poll / 1e6),
+                 tls, exporter, handler_class(settings.access_log))
