@@ -111,9 +111,10 @@ SETTINGS = (
             "for each read of a request body; past it the connection is closed (slow or "
             "stalled clients). 0 means no limit."),
     Setting("proxy-busy-poll", parse_count, "100",
-            "Microseconds the event loop keeps polling after its last event before it "
-            "sleeps: an answer that arrives meanwhile is taken without a wake-up (with "
-            "few clients this halves the proxy's added latency). 0 means sleep at once."),
+            "Microseconds the event loop polls for its next event before it sleeps, while "
+            "most of its recent waits were that short: an answer that arrives meanwhile is "
+            "taken without a wake-up (with few clients this halves the proxy's added "
+            "latency). 0 means sleep at once."),
     Setting("proxy-max-connections", parse_count, "0",
             "Most client connections per process; new ones beyond it are shed quickly. "
             "0 means limited only by open files (the soft limit is raised to the hard one)."),
