@@ -65,8 +65,11 @@ class BusyPoll:
             self._waiting_since = time.perf_counter()
 
     def _after_turn(self):
+        since = self._waiting_since
+        if since is None:  # started during this turn, after its prepare watchers ran
+            return
         now = time.perf_counter()
-        waited = now - self._waiting_since
+        waited = now - since
         idle = self._idle
         if idle.pending:  # a poll that found nothing
             if waited > self.window:

@@ -73,3 +73,14 @@ def test_a_zero_window_never_polls():
         gevent.sleep(SHORT)
     assert poll.polls == 0
     poll.stop()
+
+
+def test_started_from_inside_a_loop_turn(capfd):
+    """As in the proxy, where start() runs in a greenlet the loop's callbacks switch to."""
+    poll = BusyPoll(WINDOW)
+    gevent.get_hub().loop.run_callback(poll.start)
+    try:
+        assert sleep_until(poll, SHORT, lambda p: p.score >= THRESHOLD)
+    finally:
+        poll.stop()
+    assert "Traceback" not in capfd.readouterr().err
