@@ -110,7 +110,7 @@ SETTINGS = (
             "Milliseconds a client has to finish a request head once it started one, and "
             "for each read of a request body; past it the connection is closed (slow or "
             "stalled clients). 0 means no limit."),
-    Setting("proxy-busy-poll", parse_count, "100",
+    Setting("proxy-busy-poll", parse_count, "200",
             "Microseconds the event loop polls for its next event before it sleeps, while "
             "most of its recent waits were that short: an answer that arrives meanwhile is "
             "taken without a wake-up (with few clients this halves the proxy's added "
