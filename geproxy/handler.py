@@ -133,9 +133,14 @@ class ProxyHandler(AnswerWriter, pywsgi.WSGIHandler):
                 self.finish()
 
     def park(self):
-        """Wait for the next request without a greenlet; False if that is not possible."""
+        """Wait for the next request without a greenlet; False if that is not possible.
+
+        TLS connections park too: the idle wait timed out with nothing decrypted
+        pending, and OpenSSL reads no further ahead than the record it decrypts,
+        so the next request's bytes are still the kernel socket's and wake it.
+        """
         server = self.server
-        if server.draining or self.wire.tls:
+        if server.draining:
             return False
         server.parked[self.socket] = self
         idle = server.idle_timeout
@@ -283,7 +288,7 @@ class ProxyHandler(AnswerWriter, pywsgi.WSGIHandler):
             if server.draining:
                 return b"", -1
             idle = server.idle_timeout or None
-            parks = not wire.tls and (idle is None or idle > PARK_AFTER)
+            parks = idle is None or idle > PARK_AFTER
             self.idle = True
             try:
                 read = wire.recv if fresh else wire.recv_wait

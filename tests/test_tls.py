@@ -468,3 +468,31 @@ def test_bad_tls_input_exits_2_with_one_line(pki, tmp_path, args, env, needle):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_idle_https_connection_parks_and_its_next_request_is_served(cluster, pki,
+                                                                         monkeypatch):
+    """An idle TLS keep-alive connection gives up its greenlet like a plain one, and its
+    next request (a new TLS record on the kernel socket) wakes it."""
+    from geproxy import handler
+    from geproxy.testing.rawhttp import Reader
+    monkeypatch.setattr(handler, "PARK_AFTER", 0.05)
+    settings, _ = settings_mod.parse(["--listen-client-urls", "https://127.0.0.1:0"]
+                                     + pki.client_flags(peer=False), {})
+    contexts = tls.load(settings)
+    with proxy_stack(cluster.client_urls[0], tls=contexts) as (port, proxy):
+        server = proxy.servers[0]
+        sock = pki.context().wrap_socket(socket.create_connection(("127.0.0.1", port),
+                                                                  timeout=5),
+                                         server_hostname="127.0.0.1")
+        reader = Reader(sock)
+        try:
+            for _ in range(3):
+                sock.sendall(b"GET /v2/keys/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert reader.response()[0] == 200
+                assert poll(lambda: len(server.parked) == 1, timeout=5.0)
+                assert not any(h.greenlet for h in server.connections)
+        finally:
+            sock.close()
+        assert poll(lambda: not server.parked and server.gate.open == 0, timeout=5.0)
+    assert contexts.server.handshakes == 1
