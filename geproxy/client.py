@@ -26,6 +26,11 @@ sent again (``UpstreamError``, the app answers 502).  To make that rare, the
 pool peeks at a connection idle for a while, or about to carry a write,
 before it is used.
 
+Pipelines: with ``pipelines`` > 0, a plain GET of keys goes on one of that
+many shared connections to the member (``geproxy.pipeline``), read in turn;
+a pipe that ends before its answer began sends it here again, on a
+connection of its own.
+
 Overload: the head timeout is measured from when the request was written; a
 timeout that fires while the proxy's own event loop was lagging (``lag``) is
 not the member's fault, so the wait goes on instead of failing the member.
@@ -33,8 +38,8 @@ not the member's fault, so the wait goes on instead of failing the member.
 
 import time
 
-from geproxy import http11
-from geproxy.errors import BadRequest, BadResponse, MemberTimeout, UpstreamError
+from geproxy import http11, pipeline
+from geproxy.errors import BadRequest, BadResponse, MemberTimeout, PipeBroken, UpstreamError
 from geproxy.headers import HOP_BY_HOP, response_headers
 from geproxy.pool import MAX_IDLE, Pool
 
@@ -77,15 +82,16 @@ class Response:
 
     ``streaming`` is True when the body's length is unknown (chunked or read
     to close): the app then passes it on piece by piece.  ``read()`` returns
-    the whole body; ``stream()`` yields it as it arrives; ``close()`` returns
-    the connection to the pool only if the body was read completely.
+    the whole body; ``stream()`` yields it as it arrives; ``close()`` gives
+    the connection back to its owner (the member's Pool, or the Pipe it came
+    on), reusable only if the body was read completely.
     """
 
     __slots__ = ("status", "status_text", "raw_fields", "streaming", "relayable", "head_seconds",
-                 "_head", "_pool", "_wire", "_buf", "_read_timeout", "_done")
+                 "_head", "_owner", "_wire", "_buf", "_read_timeout", "_done")
 
-    def __init__(self, pool, wire, head, raw_fields, buf, read_timeout, no_body, head_seconds):
-        self._pool = pool
+    def __init__(self, owner, wire, head, raw_fields, buf, read_timeout, no_body, head_seconds):
+        self._owner = owner
         self._wire = wire
         self._head = head
         self._buf = buf
@@ -103,7 +109,7 @@ class Response:
     @property
     def member(self):
         """The base URL of the member that answered."""
-        return self._pool.base_url
+        return self._owner.base_url
 
     @property
     def reason(self):
@@ -123,13 +129,13 @@ class Response:
         try:
             return self._wire.recv(self._read_timeout)
         except OSError as exc:
-            raise UpstreamError("reading body from %s: %s" % (self._pool.base_url, exc)) from None
+            raise UpstreamError("reading body from %s: %s" % (self._owner.base_url, exc)) from None
 
     def _recv(self):
         data = self._read()
         if not data:
             raise BadResponse("%s closed the connection in the middle of a body"
-                              % self._pool.base_url)
+                              % self._owner.base_url)
         return data
 
     def read(self):
@@ -199,7 +205,7 @@ class Response:
             while len(self._buf) < 2:
                 self._buf += self._recv()
             if self._buf[:2] != b"\r\n":
-                raise BadResponse("%s: chunk data not followed by CRLF" % self._pool.base_url)
+                raise BadResponse("%s: chunk data not followed by CRLF" % self._owner.base_url)
             self._buf = self._buf[2:]
 
     def _line(self):
@@ -207,7 +213,7 @@ class Response:
         while end < 0:
             if len(self._buf) > MAX_CHUNK_LINE:
                 raise BadResponse("%s: chunk-size or trailer line too long"
-                                  % self._pool.base_url)
+                                  % self._owner.base_url)
             self._buf += self._recv()
             end = self._buf.find(b"\r\n")
         line, self._buf = self._buf[:end], self._buf[end + 2:]
@@ -217,16 +223,12 @@ class Response:
         try:
             return http11.chunk_size(self._line().decode("latin-1"))
         except BadRequest as exc:
-            raise BadResponse("%s: %s" % (self._pool.base_url, exc)) from None
+            raise BadResponse("%s: %s" % (self._owner.base_url, exc)) from None
 
     def close(self):
         wire, self._wire = self._wire, None
-        if wire is None:
-            return
-        if self._done and not self._head.close and not self._buf:
-            self._pool.put(wire)
-        else:
-            self._pool.discard(wire)
+        if wire is not None:
+            self._owner.release(wire, self._done and not self._head.close, self._buf)
 
 
 class NativeTransport:
@@ -235,14 +237,16 @@ class NativeTransport:
     name = "native"
 
     def __init__(self, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0,
-                 tls_context=None, lag=None, max_idle=MAX_IDLE):
+                 tls_context=None, lag=None, max_idle=MAX_IDLE, pipelines=0):
         self.dial_timeout = dial_timeout or None
         self.write_timeout = write_timeout or None
         self.read_timeout = read_timeout or None
         self.tls_context = tls_context
         self.lag = lag
         self.max_idle = max_idle
+        self.pipelines = pipelines  # pipelined connections per member (geproxy.pipeline); 0: none
         self.pools = {}
+        self.pipes = {}  # base URL -> pipeline.Pipes
 
     def pool(self, base_url):
         pool = self.pools.get(base_url)
@@ -263,6 +267,11 @@ class NativeTransport:
         if body:
             data += body
         repeatable = method in SAFE_TO_REPEAT
+        if self.pipelines and pipeline.suits(method, target, body):
+            try:
+                return self._piped(pool, data, head_timeout)
+            except PipeBroken:
+                pass  # a GET whose answer had not begun: on a connection of its own below
         wire, reused = pool.get(check=not repeatable)
         try:
             return self._exchange(pool, wire, data, method, head_timeout, reused)
@@ -275,6 +284,37 @@ class NativeTransport:
             return self._exchange(pool, wire, data, method, head_timeout, False)
         except _Stale as exc:  # cannot happen on a fresh connection; be safe anyway
             raise UpstreamError("%s: %s" % (base_url, exc)) from None
+
+    def _piped(self, pool, data, head_timeout):
+        """Send a GET on one of the member's pipes; the Response once its head arrived.
+
+        PipeBroken when the pipe ended before this answer began.  The body of
+        a pipelined answer is read with the head timeout per read when there
+        is no read timeout: the answers behind it wait for it.
+        """
+        pipes = self.pipes.get(pool.base_url)
+        if pipes is None:
+            pipes = self.pipes[pool.base_url] = pipeline.Pipes(pool, self.pipelines)
+        pipe = pipes.pick()
+        waiter, first = pipe.submit(data, self.write_timeout)
+        written = time.monotonic()
+        buf = pipe.wait_turn(waiter, first)
+        wire = pipe.wire
+        ok = False
+        try:
+            head, raw_fields, buf = self._read_head(pool, wire, head_timeout, True, written, buf,
+                                                    eager=not first)
+            ok = True
+        except _Stale:
+            raise PipeBroken() from None
+        finally:
+            if not ok:
+                pipe.release(wire, False, b"")
+        owner = pipe
+        if head.length is None or head.close:  # nothing behind it can be read before it ends
+            owner = pipe.hand_over()
+        return Response(owner, wire, head, raw_fields, buf, self.read_timeout or head_timeout,
+                        False, time.monotonic() - written)
 
     def _exchange(self, pool, wire, data, method, head_timeout, reused):
         """Write the request and read the head on ``wire``; it is closed on any failure."""
@@ -296,9 +336,12 @@ class NativeTransport:
             if not ok:
                 pool.discard(wire)
 
-    def _read_head(self, pool, wire, head_timeout, reused, written):
-        """(parsed head, its header block as bytes, bytes after it), skipping 1xx heads."""
-        buf = b""
+    def _read_head(self, pool, wire, head_timeout, reused, written, buf=b"", eager=False):
+        """(parsed head, its header block as bytes, bytes after it), skipping 1xx heads.
+
+        ``buf``: what was read of it already; ``eager``: it is likely there, so
+        read before waiting for readability (after a pipelined answer).
+        """
         timeout = head_timeout
         if self.read_timeout is not None and (timeout is None or self.read_timeout < timeout):
             timeout = self.read_timeout
@@ -319,7 +362,7 @@ class NativeTransport:
                 raise BadResponse("%s sent a response head over %d bytes"
                                   % (pool.base_url, RESPONSE_HEAD_MAX))
             try:
-                data = wire.recv_wait(timeout) if not buf else wire.recv(timeout)
+                data = wire.recv(timeout) if buf or eager else wire.recv_wait(timeout)
             except TimeoutError:
                 if extended < LAG_EXTENSIONS and (
                         wire.ready() is not None or self._lagged(written)):
@@ -343,7 +386,10 @@ class NativeTransport:
         return self.lag is not None and self.lag.lagged_since(since)
 
     def close(self):
-        """Close the idle pooled connections (ones in use close when released)."""
+        """Close the idle pooled connections and the pipes (ones in use close when released)."""
+        for pipes in self.pipes.values():
+            pipes.close()
+        self.pipes.clear()
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()

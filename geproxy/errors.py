@@ -156,6 +156,14 @@ class BadResponse(UpstreamError):
     """The member's answer broke HTTP/1.1 framing (or ended early)."""
 
 
+class PipeBroken(GeproxyError):
+    """A pipelined request's connection ended before its answer began (geproxy.pipeline).
+
+    Never reaches the app: the client sends the request again (a GET) on a
+    connection of its own.
+    """
+
+
 def causes(exc):
     """exc and what it wraps (requests -> urllib3 -> OSError/SSLError chains), each once."""
     seen = set()

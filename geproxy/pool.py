@@ -96,6 +96,13 @@ class Pool:
             return wire, True
         return self.connect(), False
 
+    def release(self, wire, reusable, leftover):
+        """A response is done with ``wire``: kept if it can carry another request."""
+        if reusable and not leftover:
+            self.put(wire)
+        else:
+            self.discard(wire)
+
     def put(self, wire):
         if len(self.idle) < self.max_idle:
             self.idle.append((wire, time.monotonic()))

@@ -92,6 +92,11 @@ SETTINGS = (
     Setting("proxy-transport", parse_transport, "native",
             "Upstream HTTP client: 'native' (geproxy's own keep-alive HTTP/1.1 client, the "
             "fastest) or 'requests' (a requests.Session per member)."),
+    Setting("proxy-pipeline", parse_count, "2",
+            "Connections per member that GETs of keys (not watches or quorum reads) share, "
+            "pipelined, the requests of one event-loop turn written together (native "
+            "transport); fewer connections and system calls on both sides. 0 gives each "
+            "request a connection of its own."),
     Setting("proxy-balance", parse_balance, "least-connections",
             "'least-connections' binds each new client connection to the available member "
             "with the fewest bound connections (its requests stay there while that member "

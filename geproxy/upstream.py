@@ -204,9 +204,11 @@ TRANSPORTS = {  # the first is the default
 }
 
 
-def make_transport(name, dial_timeout, write_timeout, read_timeout, tls_context=None, lag=None):
+def make_transport(name, dial_timeout, write_timeout, read_timeout, tls_context=None, lag=None,
+                   pipelines=0):
     if name == NativeTransport.name:
         return NativeTransport(dial_timeout=dial_timeout, write_timeout=write_timeout,
-                               read_timeout=read_timeout, tls_context=tls_context, lag=lag)
+                               read_timeout=read_timeout, tls_context=tls_context, lag=lag,
+                               pipelines=pipelines)
     return TRANSPORTS[name](dial_timeout=dial_timeout, write_timeout=write_timeout,
                             read_timeout=read_timeout, tls_context=tls_context)

@@ -95,7 +95,8 @@ def build(settings, tls, on_fatal=None, metrics_dir=None):
                                dial_timeout=seconds(settings.proxy_dial_timeout),
                                write_timeout=seconds(settings.proxy_write_timeout),
                                read_timeout=seconds(settings.proxy_read_timeout),
-                               tls_context=tls.forward, lag=lag)
+                               tls_context=tls.forward, lag=lag,
+                               pipelines=settings.proxy_pipeline)
 
     def status():
         """Membership's fields; while discovery waits, its progress is the state."""

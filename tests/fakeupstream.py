@@ -15,6 +15,10 @@ according to its ``behaviour``:
   every connect is refused (and no other socket can take the port meanwhile);
 * a callable ``behaviour(request)``: returns a ``Reply`` or ``None`` (drop).
 
+``drop_after=N`` makes each connection answer N requests and then read one
+more and close without answering it (a member that drops a request in the
+middle of a pipeline); ``dropped`` lists those requests.
+
 ``GET /members`` is always answered with the fake itself as the one member
 (and not recorded), so a proxy process can learn it from
 ``--initial-cluster fake=<url>`` (``initial_cluster``).
@@ -166,8 +170,11 @@ class FakeMember:
     """A fake member on 127.0.0.1 (or ``host``); ``url``, ``requests``, ``close()``."""
 
     def __init__(self, behaviour="ok", status=200, headers=(), body=DEFAULT_BODY,
-                 chunked=False, content_type="application/json", host="127.0.0.1"):
+                 chunked=False, content_type="application/json", host="127.0.0.1",
+                 drop_after=None):
         self.behaviour = behaviour
+        self.drop_after = drop_after
+        self.dropped = []
         self.status = status
         self.headers = list(headers)
         self.body = body
@@ -228,6 +235,7 @@ class FakeMember:
     def _handle(self, sock, _address):
         self.connections += 1
         rfile = sock.makefile("rb")
+        answered = 0
         try:
             while True:
                 try:
@@ -241,10 +249,14 @@ class FakeMember:
                     sock.sendall(self.members_reply().encode("GET"))
                     continue
                 self.requests.append(request)
+                if answered == self.drop_after:
+                    self.dropped.append(request)
+                    return
                 reply = self.reply_for(request)
                 if reply is None:
                     return
                 sock.sendall(reply.encode(request.method))
+                answered += 1
                 if (request.header("Connection") or "").lower() == "close" or \
                         request.version != "HTTP/1.1":
                     return

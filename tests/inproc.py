@@ -17,17 +17,19 @@ READ_TIMEOUT = 10.0  # seconds any single read from the proxy may take in a test
 @contextmanager
 def proxy_stack(*member_urls, transport="native", idle_timeout=300.0, header_timeout=10.0,
                 member_head_timeout=5.0, readonly=False, tls=None, max_connections=0,
-                **app_options):
+                pipelines=2, **app_options):
     """A started in-process proxy in front of ``member_urls`` (tried in the order given).
 
     With ``tls`` (a geproxy.tls.TLS) it listens on https and reaches https
     members with that TLS's contexts.  Yields (port, server): the
     ``ProxyServer`` (its ``app``, ``servers``...); everything is stopped afterwards.
+    ``pipelines`` is --proxy-pipeline (the native transport's), the proxy's default.
     """
     endpoints = EndpointSet(failure_wait=5.0, balance="first")
     endpoints.replace(member_urls, shuffle=False)
     upstream = make_transport(transport, dial_timeout=1.0, write_timeout=5.0, read_timeout=0.0,
-                              tls_context=tls.forward if tls is not None else None)
+                              tls_context=tls.forward if tls is not None else None,
+                              pipelines=pipelines)
     app = ProxyApp(endpoints, upstream, readonly=readonly, header_timeout=member_head_timeout,
                    **app_options)
     listen = "https://127.0.0.1:0" if tls is not None else "http://127.0.0.1:0"

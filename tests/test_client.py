@@ -93,9 +93,11 @@ class IdleClosingMember:
         self.server.stop(timeout=1)
 
 
-def test_gets_never_fail_and_writes_are_never_sent_twice():
+@pytest.mark.parametrize("pipelines", [0, 2], ids=["own connections", "pipelined reads"])
+def test_gets_never_fail_and_writes_are_never_sent_twice(pipelines):
     member = IdleClosingMember(idle=0.02)
-    transport = NativeTransport(dial_timeout=1.0, write_timeout=2.0, read_timeout=2.0)
+    transport = NativeTransport(dial_timeout=1.0, write_timeout=2.0, read_timeout=2.0,
+                                pipelines=pipelines)
     rng = random.Random(7)
     outcomes = []
 

@@ -97,6 +97,7 @@ ENV_CASES = [
     ("ETCD_PROXY_CLIENT_IDLE_TIMEOUT", "18", "proxy_client_idle_timeout", 18),
     ("ETCD_PROXY_CLIENT_HEADER_TIMEOUT", "19", "proxy_client_header_timeout", 19),
     ("ETCD_PROXY_BUSY_POLL", "0", "proxy_busy_poll", 0),
+    ("ETCD_PROXY_PIPELINE", "0", "proxy_pipeline", 0),
     ("ETCD_PROXY_MAX_CONNECTIONS", "19", "proxy_max_connections", 19),
     ("ETCD_DISCOVERY", "http://127.0.0.1:9/v2/keys/_disc/tok", "discovery",
      "http://127.0.0.1:9/v2/keys/_disc/tok"),
