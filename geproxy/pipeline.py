@@ -110,7 +110,13 @@ class Pipe:
     def wait_turn(self, waiter, first):
         """Block until this request's answer is next; the bytes already read of it."""
         if not first:
-            waiter.get()  # switched to by release() of the answer before, or PipeBroken thrown
+            try:
+                waiter.get()  # switched to by release() of the answer before, or PipeBroken
+            except PipeBroken:
+                raise
+            except BaseException:  # this greenlet was killed: nobody would read its answer
+                self.kill(waiter)
+                raise
         if not self.order or self.order[0] is not waiter:  # the pipe ended meanwhile
             raise PipeBroken()
         self.reading = True

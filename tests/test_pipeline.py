@@ -240,3 +240,17 @@ def test_answers_are_handed_on_in_the_order_sent():
     gevent.joinall(greenlets, timeout=5, raise_error=True)
     assert turns == [0, 1, 2, 3, 4]
     assert pipe.buf == b"left 4" and not pipe.order and not pool.discarded
+
+
+def test_a_read_killed_while_in_line_does_not_stall_the_ones_behind_it():
+    pool = StubPool()
+    pipe = pipeline.Pipe(pool)
+    tickets = [pipe.submit(b"GET /%d" % i, 1.0) for i in range(3)]
+    pipe.wait_turn(*tickets[0])
+    second = gevent.spawn(pipe.wait_turn, *tickets[1])
+    third = gevent.spawn(pipe.wait_turn, *tickets[2])
+    gevent.sleep(0)
+    second.kill()  # e.g. the server stopping: its answer will never be read
+    pipe.release(pipe.wire, True, b"")
+    with pytest.raises(PipeBroken):  # sent elsewhere, not left waiting for a turn
+        third.get(timeout=5)
