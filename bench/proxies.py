@@ -50,7 +50,7 @@ def pick_matrix(transports_opt, workers_opt):
     return [(t, w) for t in transports for w in workers or [1]]
 
 
-def proxy_args(transport=None, workers=1, balance=None):
+def proxy_args(transport=None, workers=1, balance=None, pipeline=None):
     """Our flags for one variant (quiet logs: a log line per request would cost CPU)."""
     args = ["--log-level", "warn"]
     if transport:
@@ -59,6 +59,8 @@ def proxy_args(transport=None, workers=1, balance=None):
         args += ["--workers", str(workers)]
     if balance:
         args += ["--proxy-balance", balance]
+    if pipeline is not None:
+        args += ["--proxy-pipeline", str(pipeline)]
     return args
 
 

@@ -9,7 +9,8 @@ wrk command (GET of that key) against
 * the Go proxy,
 * ours, per transport and worker count (and ``--proxy-balance``: ours spreads
   the clients over all members, the Go proxy sends everything to one, so on one
-  machine ``first`` shows the proxies with the members doing the same work),
+  machine ``first`` shows the proxies with the members doing the same work; and
+  ``--proxy-pipeline``: 0 gives each request its own upstream connection),
 
 with 10 % PUTs (``mixed.lua``) for Go and ours (workers 1), and with -c1
 once more for direct, Go and ours (workers 1): the one-connection latency.  Per run it reads wrk's req/s, p50 and p99, and the proxy's CPU time
@@ -22,6 +23,7 @@ each config's ratio to the Go proxy measured in the same run.
     .venv/bin/python bench/throughput.py --rounds 0 --profile      # py-spy only
     .venv/bin/python bench/throughput.py --tls --transports native # TLS on both sides
     .venv/bin/python bench/throughput.py --balance least-connections,first  # + Go's member choice
+    .venv/bin/python bench/throughput.py --pipeline 2,0  # with and without pipelined reads
     .venv/bin/python bench/throughput.py -c 1000 -t 2 --rounds 5 --transports native \
         --workers 1 --no-c1 --no-mixed                          # overload: every round judged
 
@@ -61,21 +63,25 @@ TARGET_P50_RATIO = 0.9  # one-connection p50 latency
 TARGET_TLS_RATIO = 1.0  # with --tls: any of ours vs Go at 50 connections
 OVERLOAD_CONNECTIONS = 1000  # at or above: every round must match Go's req/s and p99, no errors
 DEFAULT_BALANCE = next(s.default for s in settings.SETTINGS if s.name == "proxy-balance")
+DEFAULT_PIPELINE = next(s.default for s in settings.SETTINGS if s.name == "proxy-pipeline")
 MIXED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed.lua")
 
-def balance_suffix(balance):
-    """What a row's name adds for its --proxy-balance (nothing for the default)."""
-    return "" if balance == DEFAULT_BALANCE else " " + balance
+def balance_suffix(balance, pipeline=DEFAULT_PIPELINE):
+    """What a row's name adds for its --proxy-balance and --proxy-pipeline (nothing for
+    the defaults)."""
+    return (("" if balance == DEFAULT_BALANCE else " " + balance)
+            + ("" if pipeline == DEFAULT_PIPELINE else " pipeline %s" % pipeline))
 
 
 class Config:
     """One row: a target URL, whose CPU to count, and the wrk connection count."""
 
     def __init__(self, name, kind, url, pid, connections, transport=None, workers=None,
-                 mixed=False, balance=None):
+                 mixed=False, balance=None, pipeline=None):
         self.name, self.kind, self.url, self.pid = name, kind, url, pid
         self.connections, self.transport, self.workers = connections, transport, workers
         self.balance = balance  # ours: --proxy-balance
+        self.pipeline = pipeline  # ours: --proxy-pipeline
         self.mixed = mixed  # 10 % PUTs (mixed.lua) instead of GETs only
         self.runs = []
 
@@ -147,22 +153,25 @@ def start_all(args, target, procs, tls=None):
         Config("go (etcd --proxy on), 10% PUT", "go", go.url, go.pid, args.connections,
                mixed=True)]
     balances = [b.strip() for b in args.balance.split(",") if b.strip()]
-    for balance in balances:
+    pipelines = [p.strip() for p in args.pipeline.split(",") if p.strip()]
+    for balance, pipeline in ((b, p) for b in balances for p in pipelines):
         for transport, workers in pick_matrix(args.transports, args.workers):
-            proxy = start_ours(target.initial_cluster, proxy_args(transport, workers, balance),
-                               n, tls)
+            flags = proxy_args(transport, workers, balance,
+                               pipeline if transport == "native" else None)
+            proxy = start_ours(target.initial_cluster, flags, n, tls)
             procs.append(proxy)
-            name = "ours %s w%d%s" % (transport, workers, balance_suffix(balance))
+            name = "ours %s w%d%s" % (transport, workers, balance_suffix(balance, pipeline))
             log("%s pid %d on %s" % (name, proxy.pid, proxy.url))
+            variant = {"balance": balance, "pipeline": pipeline}
             configs_c50.append(Config(name, "ours", proxy.url, proxy.pid, args.connections,
-                                      transport, workers, balance=balance))
+                                      transport, workers, **variant))
             if workers == 1:
                 configs_c1.append(Config(name, "ours", proxy.url, proxy.pid, 1, transport,
-                                         workers, balance=balance))
+                                         workers, **variant))
                 if not args.no_mixed:
                     configs_mixed.append(Config(name + ", 10% PUT", "ours", proxy.url,
                                                 proxy.pid, args.connections, transport,
-                                                workers, mixed=True, balance=balance))
+                                                workers, mixed=True, **variant))
     return configs_c50 + (configs_mixed if len(configs_mixed) > 1 else []) + (
         configs_c1 if not args.no_c1 and args.connections != 1 else [])
 
@@ -238,18 +247,19 @@ def verdicts(configs, connections, tls=False):
                 lines.append(_verdict(r >= TARGET_GET_RATIO, "GET req/s at %d conns, %s: "
                                       "%.2fx Go (target >= %.1fx, stretch 1.5x)" % (
                                           connections, c.name, r, TARGET_GET_RATIO)))
-            by_workers.setdefault((c.transport, c.balance), {})[c.workers] = s["rps"]
+            by_workers.setdefault((c.transport, c.balance, c.pipeline), {})[c.workers] = \
+                s["rps"]
             if s["cpu_us"] is not None and g.get("cpu_us") and c.workers == 1:
                 cr = s["cpu_us"] / g["cpu_us"]
                 lines.append(_verdict(cr <= TARGET_CPU_RATIO, "CPU per GET, %s: %.0f µs = "
                                       "%.2fx Go's %.0f µs (target <= %.2fx)" % (
                                           c.name, s["cpu_us"], cr, g["cpu_us"],
                                           TARGET_CPU_RATIO)))
-    for (transport, balance), rps in by_workers.items():
+    for (transport, balance, pipeline), rps in by_workers.items():
         if 1 in rps and 2 in rps:
             lines.append(_verdict(rps[2] >= rps[1], "--workers 2 against 1, %s%s: %.0f vs %.0f "
                                   "req/s (%.2fx; target: no slower)" % (
-                                      transport, balance_suffix(balance),
+                                      transport, balance_suffix(balance, pipeline),
                                       rps[2], rps[1], rps[2] / rps[1])))
     return "\n".join(lines)
 
@@ -368,6 +378,9 @@ def parse_args(argv):
                     help="our --proxy-balance values, comma-separated (default %s; 'first' "
                          "sends everything to one member, as the Go proxy does, so the members "
                          "do the same work as behind Go)" % DEFAULT_BALANCE)
+    ap.add_argument("--pipeline", default=DEFAULT_PIPELINE,
+                    help="our --proxy-pipeline values, comma-separated (default %s; 0 gives "
+                         "every request its own upstream connection)" % DEFAULT_PIPELINE)
     ap.add_argument("--no-c1", action="store_true", help="skip the one-connection rows")
     ap.add_argument("--no-mixed", action="store_true", help="skip the rows with 10%% PUTs")
     ap.add_argument("--members", help="client URLs of existing members, comma-separated "

@@ -268,10 +268,12 @@ class NativeTransport:
             data += body
         repeatable = method in SAFE_TO_REPEAT
         if self.pipelines and pipeline.suits(method, target, body):
-            try:
-                return self._piped(pool, data, head_timeout)
-            except PipeBroken:
-                pass  # a GET whose answer had not begun: on a connection of its own below
+            pipes = self.pipes.get(base_url) or self._pipes(pool)
+            if pipes.takes(target):
+                try:
+                    return self._piped(pipes, pool, target, data, head_timeout)
+                except PipeBroken:
+                    pass  # a GET whose answer had not begun: on a connection of its own below
         wire, reused = pool.get(check=not repeatable)
         try:
             return self._exchange(pool, wire, data, method, head_timeout, reused)
@@ -285,16 +287,17 @@ class NativeTransport:
         except _Stale as exc:  # cannot happen on a fresh connection; be safe anyway
             raise UpstreamError("%s: %s" % (base_url, exc)) from None
 
-    def _piped(self, pool, data, head_timeout):
+    def _pipes(self, pool):
+        pipes = self.pipes[pool.base_url] = pipeline.Pipes(pool, self.pipelines)
+        return pipes
+
+    def _piped(self, pipes, pool, target, data, head_timeout):
         """Send a GET on one of the member's pipes; the Response once its head arrived.
 
         PipeBroken when the pipe ended before this answer began.  The body of
         a pipelined answer is read with the head timeout per read when there
         is no read timeout: the answers behind it wait for it.
         """
-        pipes = self.pipes.get(pool.base_url)
-        if pipes is None:
-            pipes = self.pipes[pool.base_url] = pipeline.Pipes(pool, self.pipelines)
         pipe = pipes.pick()
         waiter, first = pipe.submit(data, self.write_timeout)
         written = time.monotonic()
@@ -310,11 +313,14 @@ class NativeTransport:
         finally:
             if not ok:
                 pipe.release(wire, False, b"")
+        no_body = head.status in _NO_BODY
         owner = pipe
-        if head.length is None or head.close:  # nothing behind it can be read before it ends
-            owner = pipe.hand_over()
+        if (head.length is None and not no_body) or head.close:
+            owner = pipe.hand_over()  # nothing behind it can be read before it ends
+            if head.length is None and not no_body:
+                pipes.streams(target)
         return Response(owner, wire, head, raw_fields, buf, self.read_timeout or head_timeout,
-                        False, time.monotonic() - written)
+                        no_body, time.monotonic() - written)
 
     def _exchange(self, pool, wire, data, method, head_timeout, reused):
         """Write the request and read the head on ``wire``; it is closed on any failure."""

@@ -32,6 +32,7 @@ from geproxy.errors import PipeBroken
 from geproxy.pool import CHECK_AFTER
 
 DEPTH = 8  # requests in flight on one pipe before another one is opened (up to the limit)
+STREAMED_KEPT = 1024  # targets remembered per member for answering without a length
 
 
 def suits(method, target, body):
@@ -179,14 +180,31 @@ class Pipe:
 
 
 class Pipes:
-    """The pipes to one member: at most ``limit``, each up to DEPTH deep before another opens."""
+    """The pipes to one member: at most ``limit``, each up to DEPTH deep before another opens.
 
-    __slots__ = ("pool", "limit", "pipes")
+    ``streamed`` remembers the targets (the latest STREAMED_KEPT) whose answer came
+    without a length: etcd sends any answer over 2 KiB chunked, and each such answer
+    ends its pipe and sends the reads behind it again, so reads of those targets (a
+    big directory listed again and again) keep to connections of their own.
+    """
+
+    __slots__ = ("pool", "limit", "pipes", "streamed")
 
     def __init__(self, pool, limit):
         self.pool = pool
         self.limit = limit
         self.pipes = []
+        self.streamed = {}
+
+    def takes(self, target):
+        return target not in self.streamed
+
+    def streams(self, target):
+        """``target``'s answer came without a length: not pipelined from now on."""
+        streamed = self.streamed
+        streamed[target] = True
+        if len(streamed) > STREAMED_KEPT:
+            del streamed[next(iter(streamed))]
 
     def pick(self):
         """The pipe with the fewest requests in line, or a new one."""

@@ -254,3 +254,34 @@ def test_a_read_killed_while_in_line_does_not_stall_the_ones_behind_it():
     pipe.release(pipe.wire, True, b"")
     with pytest.raises(PipeBroken):  # sent elsewhere, not left waiting for a turn
         third.get(timeout=5)
+
+
+def test_a_target_answered_without_a_length_keeps_to_its_own_connections():
+    """etcd sends any answer over 2 KiB chunked; each one ends its pipe and sends the
+    reads behind it again, so a big listing read again and again is not pipelined."""
+    pieces = [b"x" * 3000]
+
+    def mixed(request):
+        if request.target == "/v2/keys/dir?recursive=true":
+            return Reply(body=pieces, chunked=True)
+        return echo(request)
+
+    member = FakeMember(behaviour=mixed)
+    transport = NativeTransport(pipelines=PIPES)
+    try:
+        first = read_all(transport, member.url, ["/v2/keys/dir?recursive=true"], 1)
+        assert first == {"/v2/keys/dir?recursive=true": pieces[0]}
+        member.requests.clear()
+        pool = Pool(60)
+        answers = []
+        for i in range(300):
+            target = "/v2/keys/dir?recursive=true" if i % 3 == 0 else "/v2/keys/s%d" % i
+            pool.spawn(lambda t=target: answers.append(
+                (t, read_all(transport, member.url, [t], 1)[t])))
+        pool.join(timeout=60, raise_error=True)
+    finally:
+        transport.close()
+        member.close()
+    assert len(answers) == 300
+    assert all(body == (pieces[0] if "dir" in t else t.encode()) for t, body in answers)
+    assert len(member.requests) == 300  # none sent twice: no pipe ended under the others
