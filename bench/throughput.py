@@ -15,7 +15,9 @@ wrk command (GET of that key) against
 with 10 % PUTs (``mixed.lua``) for Go and ours (workers 1), and with -c1
 once more for direct, Go and ours (workers 1): the one-connection latency.  Per run it reads wrk's req/s, p50 and p99, and the proxy's CPU time
 (utime+stime of its whole process tree from /proc, so gunicorn workers count)
-divided by the requests wrk made.  The table shows medians over rounds and
+divided by the requests wrk made, and the same for the local members together
+("members µs/req": on one machine, what a proxy makes its members spend is CPU
+the proxy does not get).  The table shows medians over rounds and
 each config's ratio to the Go proxy measured in the same run.
 
     .venv/bin/python bench/throughput.py
@@ -103,6 +105,7 @@ class Config:
         return {"rps": self.median("rps"), "rps_min": min(rps) if rps else None,
                 "rps_max": max(rps) if rps else None, "p50": self.median("p50"),
                 "p99": self.median("p99"), "cpu_us": self.median("cpu_us"),
+                "members_us": self.median("members_us"),
                 "other": self.median("other_cores"),
                 "errors": sum(r["non2xx"] + r["socket_errors"] for r in self.runs)}
 
@@ -118,14 +121,20 @@ def run_wrk(args, url, connections, duration, path, mixed=False):
     return wrk.parse(proc.stdout)
 
 
-def measure(args, cfg, path, duration=None):
+def measure(args, cfg, path, duration=None, members=()):
+    """One wrk run against ``cfg``: wrk's figures, the proxy's CPU per request and the
+    CPU the ``members`` (pids of the local cluster) spent per request meanwhile."""
     duration = duration or args.duration
     before = cpu_seconds(cfg.pid, descendants=True) if cfg.pid else None
+    members_before = [cpu_seconds(pid) for pid in members]
     foreign = ForeignLoad()
     res = run_wrk(args, cfg.url, cfg.connections, duration, path, cfg.mixed)
     if before is not None and res["requests"]:
         res["cpu_us"] = ((cpu_seconds(cfg.pid, descendants=True) - before) * 1e6
                          / res["requests"])
+    if members and res["requests"]:
+        res["members_us"] = (sum(cpu_seconds(pid) for pid in members) - sum(members_before)
+                             ) * 1e6 / res["requests"]
     res["other_cores"] = foreign.cores()
     return res
 
@@ -190,7 +199,8 @@ def _ratio(a, b):
 def report(configs):
     go = {c.row: c.summary() for c in configs if c.kind == "go"}
     headers = ["config", "conns", "req/s (median)", "min-max", "p50 ms", "p99 ms",
-               "CPU µs/req", "req/s vs Go", "CPU vs Go", "p50 vs Go", "errors", "other load"]
+               "CPU µs/req", "members µs/req", "req/s vs Go", "CPU vs Go", "p50 vs Go",
+               "errors", "other load"]
     rows = []
     for c in configs:
         s, g = c.summary(), go.get(c.row, {})
@@ -198,6 +208,7 @@ def report(configs):
                      "%s-%s" % (_fmt(s["rps_min"], "%.0f"), _fmt(s["rps_max"], "%.0f")),
                      _fmt(s["p50"], "%.2f"), _fmt(s["p99"], "%.2f"),
                      _fmt(s["cpu_us"], "%.0f") if c.kind != "direct" else "-",
+                     _fmt(s["members_us"], "%.0f"),
                      _ratio(s["rps"], g.get("rps")),
                      _ratio(s["cpu_us"], g.get("cpu_us")) if c.kind != "direct" else "",
                      _ratio(s["p50"], g.get("p50")), s["errors"], _fmt(s["other"], "%.2f")])
@@ -418,12 +429,13 @@ def main(argv=None):
         configs = start_all(args, target, procs, tls)
         for cfg in configs:  # fill the proxies' upstream pools; not counted
             run_wrk(args, cfg.url, cfg.connections, 1, path, cfg.mixed)
+        members = [m.pid for m in target.members if m.pid]
         total = args.rounds * len(configs) * args.duration
         log("%d configs x %d rounds x %ds = about %ds of wrk"
             % (len(configs), args.rounds, args.duration, total))
         for rnd in range(args.rounds):
             for i, cfg in enumerate(configs):
-                res = measure(args, cfg, path)
+                res = measure(args, cfg, path, members=members)
                 cfg.runs.append(res)
                 log("[round %d/%d %2d/%d] %-28s c%-3d %7s req/s  p50 %6s ms  p99 %6s ms  "
                     "CPU %4s µs/req  other load %.2f%s"

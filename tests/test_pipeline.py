@@ -41,6 +41,16 @@ def read_all(transport, url, targets, concurrency, head_timeout=5.0):
     return answers
 
 
+def reads_through(member, pipelines, targets, concurrency):
+    """read_all through a new NativeTransport; the transport and the member are closed after."""
+    transport = NativeTransport(pipelines=pipelines)
+    try:
+        return read_all(transport, member.url, targets, concurrency)
+    finally:
+        transport.close()
+        member.close()
+
+
 @pytest.mark.parametrize("method,target,body,expected", [
     ("GET", "/v2/keys/a", b"", True),
     ("GET", "/v2/keys/a/b?recursive=true&sorted=true", b"", True),
@@ -61,13 +71,8 @@ def test_only_plain_reads_of_keys_are_pipelined(method, target, body, expected):
 
 def test_concurrent_reads_share_the_pipes_and_each_gets_its_own_answer():
     member = FakeMember(behaviour=echo)
-    transport = NativeTransport(pipelines=PIPES)
     targets = ["/v2/keys/k%d" % i for i in range(600)]
-    try:
-        answers = read_all(transport, member.url, targets, 60)
-    finally:
-        transport.close()
-        member.close()
+    answers = reads_through(member, PIPES, targets, 60)
     assert answers == {t: t.encode() for t in targets}
     assert member.connections <= PIPES
     assert sorted(r.target for r in member.requests) == sorted(targets)  # each sent once
@@ -76,13 +81,8 @@ def test_concurrent_reads_share_the_pipes_and_each_gets_its_own_answer():
 def test_without_pipelines_each_read_in_flight_has_a_connection():
     """The control for the test above: the same load opens many more connections."""
     member = FakeMember(behaviour=echo)
-    transport = NativeTransport(pipelines=0)
     targets = ["/v2/keys/k%d" % i for i in range(200)]
-    try:
-        answers = read_all(transport, member.url, targets, 60)
-    finally:
-        transport.close()
-        member.close()
+    answers = reads_through(member, 0, targets, 60)
     assert answers == {t: t.encode() for t in targets}
     assert member.connections > PIPES
 
@@ -91,13 +91,8 @@ def test_a_member_closing_a_pipe_midway_loses_no_read():
     """Each connection answers 5 requests, then reads a 6th and closes without an
     answer: that one and the reads behind it are sent again and answered."""
     member = FakeMember(behaviour=echo, drop_after=5)
-    transport = NativeTransport(pipelines=PIPES)
     targets = ["/v2/keys/d%d" % i for i in range(300)]
-    try:
-        answers = read_all(transport, member.url, targets, 40)
-    finally:
-        transport.close()
-        member.close()
+    answers = reads_through(member, PIPES, targets, 40)
     assert answers == {t: t.encode() for t in targets}
     assert len(member.dropped) >= 10
     counts = {}
@@ -117,13 +112,8 @@ def test_an_answer_without_a_length_is_streamed_and_the_reads_behind_it_go_elsew
         return echo(request)
 
     member = FakeMember(behaviour=mixed)
-    transport = NativeTransport(pipelines=PIPES)
     targets = ["/v2/keys/%s%d" % ("big" if i % 25 == 0 else "s", i) for i in range(300)]
-    try:
-        answers = read_all(transport, member.url, targets, 40)
-    finally:
-        transport.close()
-        member.close()
+    answers = reads_through(member, PIPES, targets, 40)
     assert answers == {t: b"".join(pieces) if "big" in t else t.encode() for t in targets}
 
 
