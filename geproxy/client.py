@@ -270,10 +270,16 @@ class NativeTransport:
         if self.pipelines and pipeline.suits(method, target, body):
             pipes = self.pipes.get(base_url) or self._pipes(pool)
             if pipes.takes(target):
+                began = time.monotonic()
                 try:
                     return self._piped(pipes, pool, target, data, head_timeout)
                 except PipeBroken:
                     pass  # a GET whose answer had not begun: on a connection of its own below
+                if head_timeout is not None:  # what is left of it: a hung member fails in one
+                    head_timeout -= time.monotonic() - began
+                    if head_timeout <= 0:
+                        raise MemberTimeout("no answer within %d ms (in line on a pipeline)"
+                                            % ((time.monotonic() - began) * 1000)) from None
         wire, reused = pool.get(check=not repeatable)
         try:
             return self._exchange(pool, wire, data, method, head_timeout, reused)

@@ -275,3 +275,35 @@ def test_a_target_answered_without_a_length_keeps_to_its_own_connections():
     assert len(answers) == 300
     assert all(body == (pieces[0] if "dir" in t else t.encode()) for t, body in answers)
     assert len(member.requests) == 300  # none sent twice: no pipe ended under the others
+
+
+def test_reads_behind_a_hung_member_fail_within_one_head_timeout():
+    """The member answers nothing: the read at the head of the pipe times out, and the
+    ones behind it, sent again on their own connections, have only what is left of their
+    head timeout there, so each fails (and the app moves on) one head timeout after it
+    was sent, not two."""
+    def hang(request):
+        gevent.sleep(3.0)
+        return echo(request)
+
+    member = FakeMember(behaviour=hang)
+    transport = NativeTransport(pipelines=1)
+    failed_after = []
+
+    def one(target):
+        began = time.monotonic()
+        try:
+            transport.request(member.url, "GET", target, [("Host", "m")], b"", 0.5)
+        except MemberTimeout:
+            failed_after.append(time.monotonic() - began)
+
+    try:
+        pool = Pool(10)
+        for i in range(10):
+            pool.spawn(one, "/v2/keys/h%d" % i)
+        pool.join(timeout=30, raise_error=True)
+    finally:
+        transport.close()
+        member.close()
+    assert len(failed_after) == 10
+    assert max(failed_after) < 0.9, sorted(failed_after)
