@@ -33,12 +33,17 @@ def connect(proxy, timeout=10.0):
 
 
 def refused(proxy):
-    """True if a new connection is refused (one reset while the listener closes: not yet)."""
+    """True if a new connection is refused; not yet if it was reset or timed out.
+
+    Both happen when the connect races the listener's close: a connection queued
+    on it is reset, and a SYN that arrives while the socket is closing is dropped
+    without an answer, so the connect waits for the SYN's retransmission (1 s).
+    """
     try:
         connect(proxy, timeout=1.0).close()
     except ConnectionRefusedError:
         return True
-    except ConnectionResetError:
+    except (ConnectionResetError, TimeoutError):
         pass
     return False
 
