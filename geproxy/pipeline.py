@@ -3,12 +3,13 @@
 Why: with one upstream connection per request in flight, a member serves as
 many connections as the proxy has requests in flight to it, and every
 request costs a system call on each side and often a wake-up of the member.
-Measured here (bench/README "Pipelined reads"), GETs from 50 client
-connections spread over three members cost the members about 100 µs of CPU
-per request that way, and the proxy about 90 µs; written to two connections
-per member, the requests of one event-loop turn together in one send, both
-cost about 55 µs.  The Go proxy gets the same from HTTP/2 toward TLS
-members; this is HTTP/1.1 pipelining (RFC 9112 9.3.2).
+Measured here in one run (bench/README "Pipelined reads"), GETs from 50
+client connections spread over three members cost the members 117 µs of CPU
+per request that way and the proxy 104 µs; on two pipelined connections per
+member, the requests of one event-loop turn together in one send (about
+five), 74 and 73 µs, and the proxy did 1.12x the Go proxy's req/s instead of
+0.79x.  The Go proxy gets a similar effect toward TLS members from HTTP/2;
+this is HTTP/1.1 pipelining (RFC 9112 9.3.2).
 
 What may be pipelined (``suits``): a GET of ``/v2/keys`` without a body that
 is neither a watch nor a quorum read, so that no answer waits on raft or on a
