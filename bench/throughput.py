@@ -68,7 +68,7 @@ DEFAULT_BALANCE = next(s.default for s in settings.SETTINGS if s.name == "proxy-
 DEFAULT_PIPELINE = next(s.default for s in settings.SETTINGS if s.name == "proxy-pipeline")
 MIXED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed.lua")
 
-def balance_suffix(balance, pipeline=DEFAULT_PIPELINE):
+def variant_suffix(balance, pipeline=DEFAULT_PIPELINE):
     """What a row's name adds for its --proxy-balance and --proxy-pipeline (nothing for
     the defaults)."""
     return (("" if balance == DEFAULT_BALANCE else " " + balance)
@@ -169,7 +169,7 @@ def start_all(args, target, procs, tls=None):
                                pipeline if transport == "native" else None)
             proxy = start_ours(target.initial_cluster, flags, n, tls)
             procs.append(proxy)
-            name = "ours %s w%d%s" % (transport, workers, balance_suffix(balance, pipeline))
+            name = "ours %s w%d%s" % (transport, workers, variant_suffix(balance, pipeline))
             log("%s pid %d on %s" % (name, proxy.pid, proxy.url))
             variant = {"balance": balance, "pipeline": pipeline}
             configs_c50.append(Config(name, "ours", proxy.url, proxy.pid, args.connections,
@@ -270,7 +270,7 @@ def verdicts(configs, connections, tls=False):
         if 1 in rps and 2 in rps:
             lines.append(_verdict(rps[2] >= rps[1], "--workers 2 against 1, %s%s: %.0f vs %.0f "
                                   "req/s (%.2fx; target: no slower)" % (
-                                      transport, balance_suffix(balance, pipeline),
+                                      transport, variant_suffix(balance, pipeline),
                                       rps[2], rps[1], rps[2] / rps[1])))
     return "\n".join(lines)
 

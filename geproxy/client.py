@@ -320,10 +320,11 @@ class NativeTransport:
             if not ok:
                 pipe.release(wire, False, b"")
         no_body = head.status in _NO_BODY
+        streamed = head.length is None and not no_body
         owner = pipe
-        if (head.length is None and not no_body) or head.close:
+        if streamed or head.close:
             owner = pipe.hand_over()  # nothing behind it can be read before it ends
-            if head.length is None and not no_body:
+            if streamed:
                 pipes.streams(target)
         return Response(owner, wire, head, raw_fields, buf, self.read_timeout or head_timeout,
                         no_body, time.monotonic() - written)

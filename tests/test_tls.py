@@ -21,10 +21,12 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from geproxy import handler
 from geproxy import settings as settings_mod
 from geproxy import tls
 from geproxy.testing import ClusterTLS, LocalCluster, free_port
 from geproxy.testing.procfs import connections
+from geproxy.testing.rawhttp import Reader
 from tests.helpers import poll, run_cli
 from tests.inproc import proxy_stack
 
@@ -474,8 +476,6 @@ def test_an_idle_https_connection_parks_and_its_next_request_is_served(cluster, 
                                                                          monkeypatch):
     """An idle TLS keep-alive connection gives up its greenlet like a plain one, and its
     next request (a new TLS record on the kernel socket) wakes it."""
-    from geproxy import handler
-    from geproxy.testing.rawhttp import Reader
     monkeypatch.setattr(handler, "PARK_AFTER", 0.05)
     settings, _ = settings_mod.parse(["--listen-client-urls", "https://127.0.0.1:0"]
                                      + pki.client_flags(peer=False), {})
