@@ -9,7 +9,8 @@ the target.  This client does only what forwarding needs:
 
 * one keep-alive pool per member (``geproxy.pool``);
 * the request line, headers and body in one send, the target byte-exact;
-* a strict response-head parse (``http11.parse_response``); bodies by
+* a strict response-head parse (``http11.parse_response``, once per distinct
+  head: ``RESPONSES``); bodies by
   Content-Length, chunked (``stream()`` yields chunk by chunk as they
   arrive) or read to close; 1xx heads skipped;
 * a connection goes back to the pool only after its response was read to the
@@ -49,6 +50,9 @@ SAFE_TO_REPEAT = frozenset(("GET", "HEAD"))
 LAG_EXTENSIONS = 10  # times a head timeout may be extended while the proxy itself lags
 
 _NO_BODY = frozenset((204, 304))
+# member answer heads of this process, parsed once each (shared: read only)
+RESPONSES = http11.HeadMemo(
+    lambda head: http11.parse_response(head.decode("latin-1"), HOP_BY_HOP))
 
 
 def request_head(method, target, headers, host, body):
@@ -88,7 +92,7 @@ class Response:
     """
 
     __slots__ = ("status", "status_text", "raw_fields", "streaming", "relayable", "head_seconds",
-                 "_head", "_owner", "_wire", "_buf", "_read_timeout", "_done")
+                 "_head", "_owner", "_wire", "_buf", "_read_timeout", "_done", "_keeps")
 
     def __init__(self, owner, wire, head, raw_fields, buf, read_timeout, no_body, head_seconds):
         self._owner = owner
@@ -102,6 +106,8 @@ class Response:
         self.head_seconds = head_seconds
         self._done = no_body or head.length == 0
         self.streaming = not self._done and head.length is None
+        # the connection outlives the answer: not closed by it, nor read to its close
+        self._keeps = not head.close and (self._done or not self.streaming or head.chunked)
         # the member's own header block can go to the client unchanged when it
         # holds no hop-by-hop field and frames the body by length (or there is none)
         self.relayable = not head.flagged and not self.streaming
@@ -185,7 +191,6 @@ class Response:
             while data:
                 yield data
                 data = self._read()
-            self._head.close = True
             self._done = True
             return
         while True:
@@ -228,7 +233,7 @@ class Response:
     def close(self):
         wire, self._wire = self._wire, None
         if wire is not None:
-            self._owner.release(wire, self._done and not self._head.close, self._buf)
+            self._owner.release(wire, self._done and self._keeps, self._buf)
 
 
 class NativeTransport:
@@ -362,7 +367,7 @@ class NativeTransport:
         while True:
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
-                head = http11.parse_response(buf[:end].decode("latin-1"), HOP_BY_HOP)
+                head = RESPONSES(buf[:end])
                 line_end = buf.find(b"\r\n", 0, end)
                 raw_fields = buf[line_end + 2:end] if line_end >= 0 else b""
                 buf = buf[end + 4:]

@@ -17,7 +17,9 @@ the loop inside it:
   malformed head its 4xx; each of these closes the connection;
 * the environ has every PEP 3333 key plus ``RAW_URI`` (the target as sent),
   the client socket (the disconnect guard) and the connection's ``Binding``
-  (endpoints.py), built from a copy of the server's base dict;
+  (endpoints.py), built from a copy of the server's base dict and the entries
+  of its head, which like the parse are worked out once per distinct head
+  (``REQUESTS``, an ``http11.HeadMemo``);
 * the answer is written by the ``writer.AnswerWriter`` half of the class
   (one send per answer where possible, chunked framing when streaming);
 * keep-alive and HTTP/1.0 rules, ``Connection: close``, pipelined requests
@@ -57,6 +59,34 @@ def _split_target(target):
     if "%" in path:
         path = http11.unquote(path)
     return path, query
+
+
+def environ_entries(req):
+    """The WSGI environ entries a request head makes: the same for every request with
+    that head, so they are worked out once per head (``REQUESTS``)."""
+    path, query = _split_target(req.target)
+    entries = {"REQUEST_METHOD": req.method, "PATH_INFO": path, "QUERY_STRING": query,
+               "RAW_URI": req.target, "REQUEST_URI": req.target,
+               "SERVER_PROTOCOL": req.version}
+    for name, value in req.headers:
+        key = http11.header_name(name)[1]
+        entries[key] = entries[key] + "," + value if key in entries else value
+    if "HTTP_CONTENT_TYPE" in entries:
+        entries["CONTENT_TYPE"] = entries.pop("HTTP_CONTENT_TYPE")
+    if req.length is not None:
+        entries.pop("HTTP_CONTENT_LENGTH", None)
+        entries["CONTENT_LENGTH"] = str(req.length)
+    return entries
+
+
+def _parse_request(head):
+    req = http11.parse_request(head.decode("latin-1"))
+    return req, environ_entries(req)
+
+
+# the request heads of this process, each parsed once: (Request, environ entries),
+# shared by every request with that head, so read only
+REQUESTS = http11.HeadMemo(_parse_request)
 
 
 class Idle(Exception):
@@ -208,6 +238,7 @@ class ProxyHandler(AnswerWriter, pywsgi.WSGIHandler):
         remote_addr, remote_port = remote[0], str(remote[1])
         header_timeout = server.header_timeout or None
         relay = self.relay
+        parse = REQUESTS
         buf = b""
         fresh = True  # a new or woken connection: its request is most likely here already
         while True:
@@ -220,35 +251,18 @@ class ProxyHandler(AnswerWriter, pywsgi.WSGIHandler):
                     fresh = False
                     if end < 0:
                         return
-                req = http11.parse_request(buf[:end].decode("latin-1"))
+                req, entries = parse(buf[:end])
             except BadRequest as exc:
                 self.refuse(exc)
                 return
-            path, query = _split_target(req.target)
             env = base.copy()
-            env["REQUEST_METHOD"] = req.method
-            env["PATH_INFO"] = path
-            env["QUERY_STRING"] = query
-            env["RAW_URI"] = env["REQUEST_URI"] = req.target
-            env["SERVER_PROTOCOL"] = req.version
+            env.update(entries)
             env["REMOTE_ADDR"] = remote_addr
             env["REMOTE_PORT"] = remote_port
             env[CLIENT_SOCKET] = sock
             env[BINDING] = binding
             env[RAW_HEADERS] = req.headers
             env[RELAY] = relay
-            names = http11.header_name
-            for name, value in req.headers:
-                key = names(name)[1]
-                if key in env:
-                    env[key] += "," + value
-                else:
-                    env[key] = value
-            if "HTTP_CONTENT_TYPE" in env:
-                env["CONTENT_TYPE"] = env.pop("HTTP_CONTENT_TYPE")
-            if req.length is not None:
-                del env["HTTP_CONTENT_LENGTH"]
-                env["CONTENT_LENGTH"] = str(req.length)
             if req.length or req.chunked:
                 body = Body(wire, buf[end + 4:], req.length, req.chunked, req.expect,
                             header_timeout)

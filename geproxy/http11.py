@@ -10,7 +10,8 @@ without a colon, a target without a leading slash, a Content-Length that is
 not plain digits or differs between repeats, both Content-Length and
 Transfer-Encoding, a transfer coding other than ``chunked``.  Every field line
 is checked by one regular expression over the whole block (one pass in C), so
-the per-request cost stays a few microseconds.
+the per-request cost stays a few microseconds; ``HeadMemo`` spares even that for a
+head seen before.
 
 The rules agree with llhttp (Node.js, uvicorn's httptools) on every head the
 differential test in ``tests/test_http11_llhttp.py`` generates, except where
@@ -102,6 +103,43 @@ class Request:
         self.chunked = False
         self.close = False
         self.expect = False
+
+
+class HeadMemo:
+    """The parses of recent heads, by their bytes: a head seen again is not parsed again.
+
+    Why: a client asks the same thing again and again (a poller's GET, a
+    load generator), and a member's answers to it repeat byte for byte until
+    the data or the second in its Date changes.  A strict parse costs about
+    4 µs a head (a GET with nothing but Host, or etcd's answer to it) and the
+    lookup a tenth of that.  Under load it saved more than that suggests: in
+    one run of alternating rounds the proxy's CPU per GET went from 85 to 59
+    µs and its req/s up by a quarter (bench/README.md "Parsing a head once").
+
+    Parsed heads are shared from then on, so nobody changes one after
+    ``parse``.  A head that fails to parse raises every time and is not
+    kept; at most ``size`` heads of up to ``longest`` bytes are kept, the
+    oldest dropped first.
+    """
+
+    __slots__ = ("parse", "size", "longest", "heads")
+
+    def __init__(self, parse, size=256, longest=1024):
+        self.parse = parse  # bytes -> parsed head
+        self.size = size
+        self.longest = longest
+        self.heads = {}
+
+    def __call__(self, head):
+        heads = self.heads
+        parsed = heads.get(head)
+        if parsed is None:
+            parsed = self.parse(head)
+            if len(head) <= self.longest:
+                if len(heads) >= self.size:
+                    del heads[next(iter(heads))]
+                heads[head] = parsed
+        return parsed
 
 
 def parse_request(head):
