@@ -95,8 +95,9 @@ SETTINGS = (
     Setting("proxy-pipeline", parse_count, "2",
             "Connections per member that GETs of keys (not watches or quorum reads) share, "
             "pipelined, the requests of one event-loop turn written together (native "
-            "transport); fewer connections and system calls on both sides. 0 gives each "
-            "request a connection of its own."),
+            "transport); fewer connections and system calls on both sides. With --workers "
+            "the workers share them out (each at least one). 0 gives each request a "
+            "connection of its own."),
     Setting("proxy-balance", parse_balance, "least-connections",
             "'least-connections' binds each new client connection to the available member "
             "with the fewest bound connections (its requests stay there while that member "

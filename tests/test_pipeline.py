@@ -142,10 +142,14 @@ def test_a_stalled_answer_sends_the_reads_behind_it_elsewhere():
     assert took < 1.5
 
 
-def test_reads_through_a_proxy_share_the_pipes_of_real_members(cluster, start_proxy, key):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reads_through_a_proxy_share_the_pipes_of_real_members(cluster, start_proxy, key,
+                                                               workers):
     """Real etcd answers pipelined GETs in order: 400 reads of 40 keys, each value its
-    key's, over at most two connections per member."""
-    proxy = start_proxy(cluster.initial_cluster, endpoints=len(cluster.members))
+    key's, over at most two connections per member from the whole proxy, with one
+    worker or two."""
+    proxy = start_proxy(cluster.initial_cluster, args=["--workers", str(workers)],
+                        endpoints=len(cluster.members))
     keys = ["%s/k%d" % (key, i) for i in range(40)]
     with session() as http:
         for k in keys:
