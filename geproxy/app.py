@@ -203,7 +203,8 @@ class ProxyApp:
         query = environ.get("QUERY_STRING", "")
         watch = method == "GET" and is_watch(query)
 
-        candidates = self.endpoints.ordered(environ.get(BINDING))
+        candidates = self.endpoints.ordered(environ.get(BINDING),
+                                            write=method not in RETRY_ELSEWHERE)
         if watch and self.coalescer is not None and not body and not is_stream(query):
             return self.coalesced(environ, start_response, candidates, target, started)
         headers = upstream_headers(environ, method, body)

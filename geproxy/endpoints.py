@@ -13,6 +13,15 @@ reshuffle, so one proxy loads one member.  Here each client connection gets a
 ``Binding`` to the available endpoint with the fewest bound connections (ties
 go to the shuffled order); its requests stay there while that endpoint is
 available, so one connection sees monotonic reads, and move when it fails.
+
+Writes go to the leader (least-connections only): membership learns which
+member leads (``set_leader``), and a request that may change the store is
+tried there first, which spares a follower forwarding it (an extra hop for
+the write, and CPU on both members).  Its connection is bound to the leader
+from then on: a follower answers a write only once it has applied it, the
+leader too, so reads after a write on the same connection keep seeing it.
+Connections that only read stay spread.  A leader that is not known, or not
+available, changes nothing.
 """
 
 import random
@@ -47,6 +56,7 @@ class EndpointSet:
         self._endpoints = []
         self._available = []  # cached until a mark expires or the list changes
         self._recheck_at = float("-inf")
+        self.leader_urls = frozenset()  # the leading member's client URLs, if known
 
     def replace(self, urls, shuffle=True):
         """Take a new URL list (from a refresh), shuffle it, keep failure marks.
@@ -64,6 +74,19 @@ class EndpointSet:
 
     def all(self):
         return list(self._endpoints)
+
+    def set_leader(self, urls):
+        """The client URLs of the member that leads now (empty: not known)."""
+        self.leader_urls = frozenset(urls)
+
+    def leader(self):
+        """The leader's first available endpoint, or None."""
+        urls = self.leader_urls
+        if urls:
+            for ep in self.available():
+                if ep.url in urls:
+                    return ep
+        return None
 
     def available(self):
         """Endpoints not marked failed, in the current shuffled order (do not modify it).
@@ -92,24 +115,38 @@ class EndpointSet:
         self._recheck_at = float("-inf")
         return was_available
 
-    def ordered(self, binding=None):
+    def ordered(self, binding=None, write=False):
         """Available endpoints in the order to try them for one request.
 
         With a binding (one per client connection) and least-connections
         balance, the connection's endpoint comes first, (re)bound to the least
         loaded available endpoint when it has none or its endpoint failed.
+        A ``write`` (least-connections) goes to the leader first, and binds the
+        connection there.
         """
         available = self.available()
-        if binding is None or self.balance != "least-connections" or not available:
+        if self.balance != "least-connections" or not available:
+            return available
+        if write and self.leader_urls:
+            leader = self.leader()
+            if leader is not None:
+                if binding is not None and binding.endpoint is not leader:
+                    binding.bind(leader)
+                return self._first(available, leader)
+        if binding is None:
             return available
         current = binding.endpoint
         if current is None or current not in available:
             best = min(available, key=lambda ep: ep.bound)  # first of the ties
             binding.bind(best)
             current = best
-        if available[0] is current:
+        return self._first(available, current)
+
+    @staticmethod
+    def _first(available, endpoint):
+        if available[0] is endpoint:
             return available
-        return [current] + [ep for ep in available if ep is not current]
+        return [endpoint] + [ep for ep in available if ep is not endpoint]
 
 
 class Binding:

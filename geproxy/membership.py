@@ -13,7 +13,10 @@ Better than the Go proxy:
 * a client URL that points back at this proxy's own listeners is skipped with
   a warning (the Go proxy forwards to itself until file descriptors run out);
 * the first peer URLs may take time to learn (discovery): the refresh greenlet
-  waits for them while the listeners already answer 503.
+  waits for them while the listeners already answer 503;
+* each refresh also asks a member which member leads (``/v2/stats/self``), so
+  that writes go to the leader (endpoints.py); if no member says, writes go
+  where reads go, as before.
 """
 
 import json
@@ -31,6 +34,7 @@ from geproxy.tls import ContextAdapter
 log = logging.getLogger("geproxy.membership")
 
 MEMBERS_TIMEOUT = 10.0  # seconds for a whole /members answer, as etcd 3.x
+LEADER_TIMEOUT = 2.0  # seconds for a member's /v2/stats/self answer
 FAST_RETRY = 1.0  # seconds between tries while no endpoint is known (etcd PR #3819)
 
 
@@ -53,6 +57,21 @@ def fetch_members(session, peer_url, dial_timeout):
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise MembersError("%s: answer is not a JSON array of members" % peer_url)
     return members
+
+
+def fetch_leader(session, client_url, members, dial_timeout):
+    """The leader's client URLs, as the member at ``client_url`` knows it; MembersError
+    if it cannot say (no answer, no leader, a leader not in ``members``)."""
+    try:
+        resp = session.get(client_url.rstrip("/") + "/v2/stats/self",
+                           timeout=(dial_timeout, LEADER_TIMEOUT), allow_redirects=False)
+        leader = int(json.loads(resp.content)["leaderInfo"]["leader"], 16)
+    except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+        raise MembersError("%s: no leader in /v2/stats/self (%s)" % (client_url, exc)) from None
+    for member in members:
+        if member.get("id") == leader:
+            return _urls([member], "clientURLs")
+    raise MembersError("%s: leader %x is not in the member list" % (client_url, leader))
 
 
 def _urls(members, key):
@@ -108,11 +127,13 @@ class Membership:
     e.g. for discovery); ``cluster_file`` (optional) stores the peer URLs
     after a read that changed them; ``on_fatal`` is called with the error if
     ``initial_peers`` fails for good; ``tls_context`` (a tls.LiveContext)
-    makes the connections to https peer URLs.
+    makes the connections to https peer URLs, ``client_tls_context`` those to
+    https client URLs (asking which member leads).
     """
 
     def __init__(self, initial_peers, endpoints, refresh_interval, dial_timeout,
-                 cluster_file=None, self_addresses=None, on_fatal=None, tls_context=None):
+                 cluster_file=None, self_addresses=None, on_fatal=None, tls_context=None,
+                 client_tls_context=None):
         self._initial_peers = initial_peers
         self.peer_urls = []
         self.endpoints = endpoints
@@ -129,6 +150,11 @@ class Membership:
         self._session.trust_env = False  # never send /members through an env proxy
         if tls_context is not None:
             self._session.mount("https://", ContextAdapter(tls_context))
+        self._client_session = requests.Session()  # to client URLs, for the leader
+        self._client_session.trust_env = False
+        if client_tls_context is not None:
+            self._client_session.mount("https://", ContextAdapter(client_tls_context))
+        self.leader_urls = []
         self._greenlet = None
 
     def _client_urls(self, members):
@@ -155,6 +181,7 @@ class Membership:
                 errors.append("%s: cluster lists no usable client URLs" % peer_url)
                 break  # as etcd: an empty but valid answer ends this round
             self.endpoints.replace(client_urls)
+            self._learn_leader(members)
             new_peers = _urls(members, "peerURLs")
             if new_peers and new_peers != self.peer_urls:
                 log.info("updated peer urls from %s to %s", self.peer_urls, new_peers)
@@ -173,6 +200,24 @@ class Membership:
         self.last_refresh = (time.time(), False, detail)
         self.refreshes["failed"] += 1
         return False
+
+    def _learn_leader(self, members):
+        """Ask the available members in turn which member leads; tell the endpoints."""
+        leader, errors = [], []
+        for ep in self.endpoints.available():
+            try:
+                leader = fetch_leader(self._client_session, ep.url, members, self.dial_timeout)
+                break
+            except MembersError as exc:
+                errors.append(str(exc))
+        if leader != self.leader_urls:
+            if leader:
+                log.info("leader is %s", ", ".join(leader))
+            else:
+                log.warning("no member named the leader (%s); writes go where reads go",
+                            "; ".join(errors) or "no endpoints")
+        self.leader_urls = leader
+        self.endpoints.set_leader(leader)
 
     def _store_peers(self):
         if self.cluster_file is None:
@@ -194,6 +239,7 @@ class Membership:
             "failed": [{"endpoint": ep.url, "retry_in_ms": int(left * 1000)}
                        for ep, left in self.endpoints.failed()],
             "peerURLs": list(self.peer_urls),
+            "leader": list(self.leader_urls),
         }
         if self.waiting:
             doc["waiting"] = self.waiting
@@ -231,3 +277,4 @@ class Membership:
             self._greenlet.kill(block=False)
             self._greenlet = None
         self._session.close()
+        self._client_session.close()

@@ -101,8 +101,9 @@ SETTINGS = (
     Setting("proxy-balance", parse_balance, "least-connections",
             "'least-connections' binds each new client connection to the available member "
             "with the fewest bound connections (its requests stay there while that member "
-            "is available); 'first' sends everything to the first available endpoint, as "
-            "the Go proxy."),
+            "is available), and sends writes to the leader, binding the writing connection "
+            "there; 'first' sends everything to the first available endpoint, as the Go "
+            "proxy."),
     Setting("workers", parse_positive, "1",
             "Processes sharing the listening sockets; from WEB_CONCURRENCY when neither "
             "the flag nor ETCD_WORKERS is set.", fallback_env="WEB_CONCURRENCY"),

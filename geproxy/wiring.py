@@ -102,7 +102,7 @@ def build(settings, tls, on_fatal=None, metrics_dir=None):
         cluster_file=cluster_file,
         self_addresses=SelfAddresses(listen_address(u) for u in settings.listen_client_urls
                                      if unix_path(u) is None),
-        on_fatal=on_fatal, tls_context=tls.peer)
+        on_fatal=on_fatal, tls_context=tls.peer, client_tls_context=tls.forward)
     lag = LoopLag()
     transport = make_transport(settings.proxy_transport,
                                dial_timeout=seconds(settings.proxy_dial_timeout),

@@ -4,6 +4,7 @@ Each answer through the proxy is compared with what a member says directly.
 """
 
 import json
+import re
 import socket
 import time
 
@@ -11,7 +12,7 @@ import gevent
 import pytest
 from gevent.queue import Queue
 
-from tests.helpers import poll, settled_watchers, watchers
+from tests.helpers import poll, session, settled_watchers, watchers
 
 ETCD_HEADERS = ("X-Etcd-Index", "X-Etcd-Cluster-Id", "Content-Type")
 
@@ -164,3 +165,42 @@ def test_local_config_lists_every_member(http, cluster, proxy):
     r = http.get(proxy.url + "/v2/config/local/proxy")
     assert r.status_code == 200
     assert sorted(r.json()["endpoints"]) == sorted(cluster.client_urls)
+
+
+def sent_to_members(proxy):
+    """Requests the proxy has sent to each member so far, from its /metrics."""
+    text = session().get(proxy.url + "/metrics").text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^geproxy_member_requests_total\{member="([^"]+)"\} (\S+)$', text, re.M)}
+
+
+def test_writes_go_to_the_leader_and_the_writing_connection_reads_there(cluster, proxy, key):
+    """A connection whose reads went to a follower writes: its PUTs, and its GETs from
+    then on, go to the leader (which named itself to the proxy's refresh), and each
+    GET sees the PUT before it."""
+    leader = [url for url in cluster.client_urls
+              if session().get(url + "/v2/stats/self").json()["state"] == "StateLeader"]
+    assert len(leader) == 1
+    assert session().put(proxy.url + key, data={"value": "start"}).status_code in (200, 201)
+    conns = []
+    try:
+        for _ in range(10):  # least-connections binds new connections round the members
+            conn = session()
+            conns.append(conn)
+            before = sent_to_members(proxy)
+            assert conn.get(proxy.url + key).status_code == 200
+            after = sent_to_members(proxy)
+            if all(after.get(url, 0) == before.get(url, 0) for url in leader):
+                break  # this one reads from a follower
+        else:
+            pytest.fail("ten new connections all read from the leader")
+        before = after
+        for i in range(2):
+            assert conn.put(proxy.url + key, data={"value": str(i)}).status_code == 200
+            assert conn.get(proxy.url + key).json()["node"]["value"] == str(i)
+        after = sent_to_members(proxy)
+    finally:
+        for conn in conns:
+            conn.close()
+    grew = {url: after.get(url, 0) - before.get(url, 0) for url in cluster.client_urls}
+    assert grew == {url: 4 if url in leader else 0 for url in cluster.client_urls}

@@ -13,6 +13,7 @@ from geproxy.datadir import ClusterFile
 from geproxy.endpoints import Binding, EndpointSet
 from geproxy.membership import FAST_RETRY, Membership, SelfAddresses
 from tests.fakeupstream import CLUSTER_ID
+from tests.helpers import session
 
 
 class FakePeer:
@@ -167,3 +168,45 @@ def test_first_balance_is_the_go_behaviour():
     eps.replace(["a", "b", "c"])
     heads = {eps.ordered(Binding())[0].url for _ in range(20)}
     assert heads == {eps.all()[0].url}
+
+
+def test_a_write_goes_to_the_leader_and_its_connection_stays_there():
+    eps = EndpointSet(failure_wait=5.0)
+    eps.replace(["a", "b", "c"], shuffle=False)
+    eps.set_leader(["b"])
+    reader, writer = Binding(), Binding()
+    assert eps.ordered(reader)[0].url == "a"
+    assert eps.ordered(writer)[0].url == "b"  # the least loaded (a has one)
+    writer.bind(eps.all()[2])  # a connection on c ...
+    assert [ep.url for ep in eps.ordered(writer, write=True)] == ["b", "a", "c"]
+    assert eps.ordered(writer)[0].url == "b"  # ... reads where it wrote from then on
+    assert {ep.url: ep.bound for ep in eps.all()} == {"a": 1, "b": 1, "c": 0}
+    assert eps.ordered(reader)[0].url == "a"  # a connection that only reads stays put
+
+
+def test_writes_go_where_reads_go_while_the_leader_is_unknown_or_failed():
+    eps = EndpointSet(failure_wait=5.0)
+    eps.replace(["a", "b", "c"], shuffle=False)
+    conn = Binding()
+    assert eps.ordered(conn, write=True)[0].url == "a"  # no leader known
+    eps.set_leader(["b"])
+    eps.mark_failed(eps.all()[1])
+    assert eps.ordered(conn, write=True)[0].url == "a"
+    first = EndpointSet(failure_wait=5.0, balance="first")
+    first.replace(["a", "b", "c"], shuffle=False)
+    first.set_leader(["b"])
+    assert first.ordered(Binding(), write=True)[0].url == "a"  # as the Go proxy
+
+
+def test_refresh_learns_the_leader_of_a_real_cluster(cluster):
+    leader = [url for url in cluster.client_urls
+              if session().get(url + "/v2/stats/self").json()["state"] == "StateLeader"]
+    peers = [u.split("=", 1)[1] for u in cluster.initial_cluster.split(",")]
+    m = membership(peers)
+    try:
+        assert m.refresh()
+        assert m.leader_urls == leader and len(leader) == 1
+        assert m.endpoints.leader_urls == set(leader)
+        assert m.status()["leader"] == leader
+    finally:
+        m.stop()
