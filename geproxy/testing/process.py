@@ -130,8 +130,8 @@ class OwnedProcess:
     def returncode(self):
         return self.proc.poll() if self.proc is not None else None
 
-    def spawn(self, cmd, env=None):
-        self.proc = spawn(cmd, self.log_path, env)
+    def spawn(self, cmd, env=None, cwd=None):
+        self.proc = spawn(cmd, self.log_path, env, cwd)
         self.paused = False
         return self.proc
 

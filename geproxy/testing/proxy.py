@@ -32,11 +32,15 @@ class ProxyProcess(OwnedProcess):
     terminal with inherit_output. With context (an ssl.SSLContext: the CA to
     trust, a client certificate) the URL picked is https and the harness talks
     to the proxy with that context; args must then give the TLS flags.
+    package_root is the folder holding the geproxy package the child runs
+    (default: this checkout; bench/ab.py runs two revisions side by side): it
+    is the child's working directory, which ``python -m`` imports from first.
     """
 
     def __init__(self, initial_cluster, args=(), env=None, data_dir=None, listen_url=None,
-                 log_path=None, inherit_output=False, context=None):
+                 log_path=None, inherit_output=False, context=None, package_root=PACKAGE_ROOT):
         self.initial_cluster = initial_cluster
+        self.package_root = package_root
         self.args = list(args)
         self.env = dict(env or {})
         self.context = context
@@ -70,11 +74,11 @@ class ProxyProcess(OwnedProcess):
                 "--data-dir", self.data_dir, *self.args]
 
     def environ(self):
-        """The child's environment: ours without ETCD_*, PYTHONPATH to this
-        checkout, then the caller's variables."""
+        """The child's environment: ours without ETCD_*, PYTHONPATH to its
+        package root, then the caller's variables."""
         env = etcd_env()
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+            p for p in (self.package_root, env.get("PYTHONPATH")) if p)
         env.update(self.env)
         return env
 
@@ -85,7 +89,7 @@ class ProxyProcess(OwnedProcess):
         the end of its log."""
         deadline = time.monotonic() + timeout
         for _attempt in range(3):
-            self.spawn(self.command(), env=self.environ())
+            self.spawn(self.command(), env=self.environ(), cwd=self.package_root)
             atexit.register(self.stop)
             try:
                 self.wait_endpoints(endpoints, max(0.0, deadline - time.monotonic()))
