@@ -63,7 +63,7 @@ def fetch_leader(session, client_url, members, dial_timeout):
     """The leader's client URLs, as the member at ``client_url`` knows it; MembersError
     if it cannot say (no answer, no leader, a leader not in ``members``)."""
     try:
-        # closed after: kept open, it would be one more connection to a member per refresh
+        # closed after: kept open, it would be one more connection to a member
         resp = session.get(client_url.rstrip("/") + "/v2/stats/self",
                            headers={"Connection": "close"},
                            timeout=(dial_timeout, LEADER_TIMEOUT), allow_redirects=False)
