@@ -13,9 +13,16 @@ spare descriptor kept for the purpose is released, the waiting connections
 are accepted and closed at once (the clients see a reset right away and can
 try another proxy), and the spare is taken back; serving resumes as soon as
 connections close.
+
+Sharing a burst between workers (``Board``): under ``--workers`` every worker
+accepts from the same listening socket, and whichever wakes first takes the
+whole queue.  A worker that already holds more connections than a live
+sibling leaves the rest of a burst to it.
 """
 
+import ctypes
 import logging
+import multiprocessing
 import os
 import socket
 
@@ -32,6 +39,9 @@ MAX_LINGERING = 1024  # shed connections lingering at once; further ones are jus
 SHED_BATCH = 128  # connections shed per wake-up when out of files
 PAUSE_NO_FILES = 0.1  # seconds accepting pauses when not even the spare helps
 WARN_EVERY = 10.0  # seconds between two warnings about shedding
+SLACK = 1  # connections a worker may hold above its least loaded sibling and still accept
+PASS_ON = 0.002  # seconds a worker ahead waits for a sibling to take a connection
+SEATS = 64  # workers the board has room for (more are not held back)
 
 
 def _shed_response():
@@ -57,16 +67,71 @@ def _open_spare():
         return None
 
 
+class Board:
+    """The open connection counts of all workers, in memory the arbiter shares with them.
+
+    Why: wrk opening 50 connections at once against two workers left them
+    split 50/0, 49/1, 44/6 and 39/11 in four runs: the first worker to wake
+    took the whole queue, and the other one's core stayed idle.  Made before
+    the fork; each worker takes a ``seat``.
+    """
+
+    def __init__(self, seats=SEATS):
+        self.counts = multiprocessing.RawArray(ctypes.c_long, seats)
+        self.pids = multiprocessing.RawArray(ctypes.c_long, seats)  # 0: a free seat
+
+    def seat(self, number):
+        """Worker ``number``'s place on the board (its gunicorn age: new ones get new numbers)."""
+        return Seat(self, number % len(self.pids))
+
+
+class Seat:
+    """One worker's count on a Board, and how it compares with its live siblings'."""
+
+    def __init__(self, board, index):
+        self.board = board
+        self.index = index
+        board.counts[index] = 0
+        board.pids[index] = os.getpid()
+
+    def update(self, count):
+        self.board.counts[self.index] = count
+
+    def ahead(self):
+        """True when a live sibling holds more than SLACK fewer connections than this one."""
+        counts, pids = self.board.counts, self.board.pids
+        mine = counts[self.index] - SLACK
+        for index, pid in enumerate(pids):
+            if pid and index != self.index and counts[index] < mine and _alive(pid):
+                return True
+        return False
+
+    def leave(self):
+        self.board.pids[self.index] = 0
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Gate:
     """Admission shared by one process's listeners: the connection cap and the spare fd.
 
     ``open`` counts the client connections being served (``opened()`` when
     one is handed to a handler, ``closed()`` when it ends; an idle connection
     that gave up its greenlet still counts); ``max_connections`` 0 means no cap.
+    ``seat`` (a Board's, under --workers) tells the siblings this count.
     """
 
-    def __init__(self, max_connections=0):
+    def __init__(self, max_connections=0, seat=None):
         self.open = 0
+        self.seat = seat
         self.max_connections = max_connections or 0
         self.lingering = 0
         self.shed_over_cap = 0  # connections shed over --proxy-max-connections
@@ -79,6 +144,12 @@ class Gate:
 
     def opened(self):
         self.open += 1
+        if self.seat is not None:
+            self.seat.update(self.open)
+
+    def pass_on(self):
+        """Whether to leave the connections waiting now to a sibling worker with fewer."""
+        return self.seat is not None and self.seat.ahead()
 
     def _warn(self, reason):
         self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",
@@ -142,10 +213,19 @@ class Gate:
     def closed(self):
         """A connection ended: one fewer open; take the spare back if it was lost."""
         self.open -= 1
+        if self.seat is not None:
+            self.seat.update(self.open)
         if self._spare is None:
             self._spare = _open_spare()
 
+    def retire(self):
+        """No more new connections here: off the board."""
+        if self.seat is not None:
+            self.seat.leave()
+            self.seat = None
+
     def close(self):
+        self.retire()
         if self._spare is not None:
             _close_now(self._spare)
             self._spare = None

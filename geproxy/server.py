@@ -25,7 +25,7 @@ import types
 from gevent import getcurrent, pywsgi
 from gevent.pool import Pool
 
-from geproxy.admission import Gate
+from geproxy.admission import PASS_ON, Gate
 from geproxy.handler import ProxyHandler
 from geproxy.listeners import BACKLOG, bound_url, listen_address, make_listener, unix_path
 from geproxy.logs import Every
@@ -102,6 +102,8 @@ class PyWSGIServer(pywsgi.WSGIServer):
         self.connections = set()  # live ProxyHandlers
         self.parked = {}  # socket -> its ProxyHandler, for idle connections without a greenlet
         self.draining = False
+        self._passed = False  # the last accept was left to a sibling (admission.Board)
+        self._pass_timer = None
         self.rejected = Every(log, logging.INFO, REJECTED_EVERY, debug=True)
 
     def set_max_accept(self):
@@ -121,6 +123,14 @@ class PyWSGIServer(pywsgi.WSGIServer):
         self.max_accept = WORKER_ACCEPTS if self.environ.get("wsgi.multiprocess") else BACKLOG
 
     def do_read(self):
+        if self.gate.pass_on() and not self._passed:
+            # a sibling worker holds fewer: leave it the queue for a moment
+            self._passed = True
+            self.stop_accepting()
+            self._pass_timer = self.loop.timer(PASS_ON)
+            self._pass_timer.start(self._resume_accepting)
+            return None
+        self._passed = False
         try:
             return super().do_read()
         except OSError as exc:
@@ -128,6 +138,13 @@ class PyWSGIServer(pywsgi.WSGIServer):
                 raise
             self.gate.out_of_files(self, exc)
             return None
+
+    def _resume_accepting(self):
+        """After PASS_ON: accept again, at least one (progress, whatever the board says)."""
+        self._pass_timer.close()
+        self._pass_timer = None
+        if self.started:
+            self.start_accepting()
 
     def do_handle(self, sock, address):
         if self.gate.full():
@@ -144,6 +161,7 @@ class PyWSGIServer(pywsgi.WSGIServer):
     def drain(self):
         """Stop accepting and close idle keep-alive connections; requests in flight go on."""
         self.draining = True
+        self.gate.retire()  # siblings no longer leave bursts to this worker
         self.close()
         for handler in list(self.parked.values()):
             handler.expire()

@@ -44,7 +44,7 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker
 
 from geproxy import metrics, shutdown, wiring
 from geproxy import settings as settings_mod
-from geproxy.admission import Gate
+from geproxy.admission import Board, Gate
 from geproxy.listeners import listen_address
 from geproxy.logs import fatal
 from geproxy.resources import raise_open_files_limit, schedule_gc
@@ -84,7 +84,8 @@ class ProxyWorker(GeventPyWSGIWorker):
     def init_process(self):
         """After the fork: one Gate for all of this worker's listeners, as in one process."""
         self.servers = []
-        self.gate = Gate(self.app.settings.proxy_max_connections)
+        self.gate = Gate(self.app.settings.proxy_max_connections,
+                         seat=self.app.board.seat(self.age))
         schedule_gc()
         super().init_process()
 
@@ -105,6 +106,7 @@ class ProxyWorker(GeventPyWSGIWorker):
             super().run()
         finally:
             self.app.parts.stop()  # the last counts go to the metrics files
+            self.gate.close()
 
 
 class GunicornLog(glogging.Logger):
@@ -188,6 +190,7 @@ class ProxyApplication(BaseApplication):
         self.settings = settings
         self.tls = tls_set
         self.metrics_dir = metrics_dir
+        self.board = Board()  # the workers' connection counts (admission), shared by fork
         self.parts = None  # in a worker, once loaded
         self._contexts = {address: context for url, context in
                           tls_set.listener_contexts(settings.listen_client_urls).items()

@@ -7,10 +7,13 @@ server side of that TCP connection), so the proxy needs no debug endpoint.
 import http.client
 import os
 import signal
+import socket
+import subprocess
 import time
 
 import pytest
 
+from geproxy.admission import Board
 from geproxy.testing import free_port
 from geproxy.testing.procfs import children, gone, socket_inode, socket_inodes
 from tests.helpers import poll
@@ -21,6 +24,16 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="nee
 def serving_worker(proxy, conn, workers):
     """The worker pid holding the server side of this client connection."""
     inode = socket_inode(conn.sock.getpeername()[1], conn.sock.getsockname()[1])
+    owners = [pid for pid in workers if inode in socket_inodes([pid])]
+    return owners[0] if len(owners) == 1 else None
+
+
+def accepted_by(sock, workers):
+    """The worker pid holding the server side of this client socket (None: not accepted)."""
+    try:
+        inode = socket_inode(sock.getpeername()[1], sock.getsockname()[1])
+    except OSError:  # not connected yet
+        return None
     owners = [pid for pid in workers if inode in socket_inodes([pid])]
     return owners[0] if len(owners) == 1 else None
 
@@ -83,6 +96,41 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
             conn.close()
 
 
+def test_a_burst_of_new_connections_is_shared_by_the_workers(workers_proxy):
+    """40 connections opened at once (as wrk opens its 50) split about evenly: the worker
+    that wakes first no longer takes the whole queue (it did 50/0, 44/6 before)."""
+    proxy = workers_proxy
+    assert poll(lambda: len(children(proxy.pid)) == 2, timeout=10)
+    workers = children(proxy.pid)
+    seen, warm = set(), []
+    for _ in range(200):  # both workers have their member list and serve
+        conn = http_connection(proxy)
+        warm.append(conn)
+        conn.request("GET", "/v2/keys/")
+        conn.getresponse().read()
+        seen.add(serving_worker(proxy, conn, workers))
+        if seen >= set(workers):
+            break
+    for conn in warm:
+        conn.close()
+    burst = [socket.socket() for _ in range(40)]
+    try:
+        for sock in burst:  # as fast as wrk: no waiting for each handshake
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", proxy.port))
+
+        def owners():
+            found = [accepted_by(sock, workers) for sock in burst]
+            return None if None in found else found  # until every one was accepted
+
+        accepted = poll(owners, timeout=10, what="every connection accepted")
+        counts = sorted(accepted.count(pid) for pid in workers)
+        assert counts[0] >= 14, counts
+    finally:
+        for sock in burst:
+            sock.close()
+
+
 def held_if_served(port):
     """A keep-alive connection that got a 200 and stays open, or None if it was shed."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -131,3 +179,22 @@ def test_connection_cap_is_per_worker_over_all_its_listeners(cluster, start_prox
     finally:
         for conn in held:
             conn.close()
+
+
+def test_the_board_compares_a_worker_with_its_live_siblings_only():
+    board = Board(seats=4)
+    me, sibling = board.seat(0), board.seat(5)  # seat 5 % 4 = 1; both this process
+    me.update(5)
+    sibling.update(3)
+    assert me.ahead() and not sibling.ahead()  # 3 < 5 - SLACK
+    sibling.update(4)
+    assert not me.ahead()  # within SLACK
+    sibling.update(0)
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    board.pids[1] = exited.pid  # a sibling that died with few connections
+    assert not me.ahead()
+    board.pids[1] = os.getpid()
+    assert me.ahead()
+    sibling.leave()  # a draining sibling takes no new connections
+    assert not me.ahead()
