@@ -17,7 +17,9 @@ connections close.
 Sharing a burst between workers (``Board``): under ``--workers`` every worker
 accepts from the same listening socket, and whichever wakes first takes the
 whole queue.  A worker that already holds more connections than a live
-sibling leaves the rest of a burst to it.
+sibling leaves the rest of a burst to it, while the queue is short: a long
+one (a thousand clients at once) wakes every worker, each takes its hundred
+a turn, and holding back would only make the queue wait.
 """
 
 import ctypes
@@ -25,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import struct
 
 import gevent
 from gevent.monkey import get_original
@@ -42,6 +45,8 @@ WARN_EVERY = 10.0  # seconds between two warnings about shedding
 SLACK = 1  # connections a worker may hold above its least loaded sibling and still accept
 PASS_ON = 0.002  # seconds a worker ahead waits for a sibling to take a connection
 SEATS = 64  # workers the board has room for (more are not held back)
+LONG_QUEUE = 64  # connections waiting to be accepted from which no worker holds back
+_TCPI_UNACKED = 24  # offset in Linux's struct tcp_info: a listener's accept queue length
 
 
 def _shed_response():
@@ -110,6 +115,15 @@ class Seat:
         self.board.pids[self.index] = 0
 
 
+def queued(listener):
+    """Connections waiting in a TCP listener's accept queue (Linux), or None if unknown."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return struct.unpack_from("I", info, _TCPI_UNACKED)[0]
+    except (OSError, AttributeError, struct.error):
+        return None
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -147,9 +161,13 @@ class Gate:
         if self.seat is not None:
             self.seat.update(self.open)
 
-    def pass_on(self):
-        """Whether to leave the connections waiting now to a sibling worker with fewer."""
-        return self.seat is not None and self.seat.ahead()
+    def pass_on(self, listener):
+        """Whether to leave the connections waiting on ``listener`` to a sibling worker
+        with fewer: this worker is ahead and the queue is short."""
+        if self.seat is None or not self.seat.ahead():
+            return False
+        waiting = queued(listener)
+        return waiting is not None and waiting < LONG_QUEUE
 
     def _warn(self, reason):
         self._warn_every("shedding new client connections: %s (%d open, %d shed so far)",

@@ -123,7 +123,7 @@ class PyWSGIServer(pywsgi.WSGIServer):
         self.max_accept = WORKER_ACCEPTS if self.environ.get("wsgi.multiprocess") else BACKLOG
 
     def do_read(self):
-        if self.gate.pass_on() and not self._passed:
+        if not self._passed and self.gate.pass_on(self.socket):
             # a sibling worker holds fewer: leave it the queue for a moment
             self._passed = True
             self.stop_accepting()

@@ -84,8 +84,7 @@ class ProxyWorker(GeventPyWSGIWorker):
     def init_process(self):
         """After the fork: one Gate for all of this worker's listeners, as in one process."""
         self.servers = []
-        self.gate = Gate(self.app.settings.proxy_max_connections,
-                         seat=self.app.board.seat(self.age))
+        self.gate = Gate(self.app.settings.proxy_max_connections)
         schedule_gc()
         super().init_process()
 
@@ -102,6 +101,9 @@ class ProxyWorker(GeventPyWSGIWorker):
                      wiring.seconds(self.app.settings.proxy_shutdown_timeout))
 
     def run(self):
+        # on the board once loaded: a sibling holds a burst back only for a worker that
+        # accepts (loading waits up to READY_WAIT for the member list)
+        self.gate.seat = self.app.board.seat(self.age)
         try:
             super().run()
         finally:
