@@ -21,7 +21,8 @@ middle of a pipeline); ``dropped`` lists those requests.
 
 ``GET /members`` is always answered with the fake itself as the one member
 (and not recorded), so a proxy process can learn it from
-``--initial-cluster fake=<url>`` (``initial_cluster``).
+``--initial-cluster fake=<url>`` (``initial_cluster``); so is ``GET
+/v2/stats/self``, which names the fake the leader (the proxy's refresh asks).
 
 Connections are kept alive as HTTP/1.1 allows, so pooled upstream connections
 work.  Must run in a gevent-patched process (the proxy's client sockets have to
@@ -219,6 +220,12 @@ class FakeMember:
                             "clientURLs": [self.url]}]).encode()
         return Reply(headers=[("X-Etcd-Cluster-ID", CLUSTER_ID)], body=body)
 
+    def stats_reply(self):
+        """What a member answers to ``GET /v2/stats/self``: this fake leads."""
+        body = json.dumps({"name": "fake", "id": "1", "state": "StateLeader",
+                           "leaderInfo": {"leader": "1"}}).encode()
+        return Reply(body=body)
+
     @property
     def initial_cluster(self):
         """``--initial-cluster`` for a proxy process in front of this fake (its /members)."""
@@ -247,6 +254,9 @@ class FakeMember:
                     return
                 if request.method == "GET" and request.target == "/members":
                     sock.sendall(self.members_reply().encode("GET"))
+                    continue
+                if request.method == "GET" and request.target == "/v2/stats/self":
+                    sock.sendall(self.stats_reply().encode("GET"))
                     continue
                 self.requests.append(request)
                 if answered == self.drop_after:
