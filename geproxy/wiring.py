@@ -79,7 +79,8 @@ def pipelines_per_worker(pipelines, workers):
     Why: each worker has its own pipes, so N workers with the whole number each
     give every member N times the connections, each carrying 1/N of the batch.
     Measured (bench/README "Two workers"): two workers with one pipe each did
-    1.08x one worker's req/s, two workers with two each 0.89x.
+    1.16x the req/s of two workers with two each, the members spending 88
+    instead of 103 µs per request.
     """
     if not pipelines:
         return 0
