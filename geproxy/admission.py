@@ -129,8 +129,8 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # there, and someone else's
+        pass
     return True
 
 
@@ -140,12 +140,12 @@ class Gate:
     ``open`` counts the client connections being served (``opened()`` when
     one is handed to a handler, ``closed()`` when it ends; an idle connection
     that gave up its greenlet still counts); ``max_connections`` 0 means no cap.
-    ``seat`` (a Board's, under --workers) tells the siblings this count.
+    Under --workers, ``join`` puts this count on the workers' Board.
     """
 
-    def __init__(self, max_connections=0, seat=None):
+    def __init__(self, max_connections=0):
         self.open = 0
-        self.seat = seat
+        self.seat = None
         self.max_connections = max_connections or 0
         self.lingering = 0
         self.shed_over_cap = 0  # connections shed over --proxy-max-connections
@@ -156,10 +156,18 @@ class Gate:
     def full(self):
         return bool(self.max_connections) and self.open >= self.max_connections
 
-    def opened(self):
-        self.open += 1
+    def join(self, seat):
+        """Tell the siblings this worker's count from now on (a Board's Seat)."""
+        self.seat = seat
+        self._count(0)
+
+    def _count(self, change):
+        self.open += change
         if self.seat is not None:
             self.seat.update(self.open)
+
+    def opened(self):
+        self._count(1)
 
     def pass_on(self, listener):
         """Whether to leave the connections waiting on ``listener`` to a sibling worker
@@ -230,9 +238,7 @@ class Gate:
 
     def closed(self):
         """A connection ended: one fewer open; take the spare back if it was lost."""
-        self.open -= 1
-        if self.seat is not None:
-            self.seat.update(self.open)
+        self._count(-1)
         if self._spare is None:
             self._spare = _open_spare()
 

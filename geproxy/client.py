@@ -107,7 +107,7 @@ class Response:
         self._done = no_body or head.length == 0
         self.streaming = not self._done and head.length is None
         # the connection outlives the answer: not closed by it, nor read to its close
-        self._keeps = not head.close and (self._done or not self.streaming or head.chunked)
+        self._keeps = not head.close and (not self.streaming or head.chunked)
         # the member's own header block can go to the client unchanged when it
         # holds no hop-by-hop field and frames the body by length (or there is none)
         self.relayable = not head.flagged and not self.streaming

@@ -127,12 +127,11 @@ class EndpointSet:
         available = self.available()
         if self.balance != "least-connections" or not available:
             return available
-        if write and self.leader_urls:
-            leader = self.leader()
-            if leader is not None:
-                if binding is not None and binding.endpoint is not leader:
-                    binding.bind(leader)
-                return self._first(available, leader)
+        leader = self.leader() if write else None
+        if leader is not None:
+            if binding is not None and binding.endpoint is not leader:
+                binding.bind(leader)
+            return self._first(available, leader)
         if binding is None:
             return available
         current = binding.endpoint

@@ -156,7 +156,6 @@ class Membership:
         self._client_session.trust_env = False
         if client_tls_context is not None:
             self._client_session.mount("https://", ContextAdapter(client_tls_context))
-        self.leader_urls = []
         self._greenlet = None
 
     def _client_urls(self, members):
@@ -212,13 +211,12 @@ class Membership:
                 break
             except MembersError as exc:
                 errors.append(str(exc))
-        if leader != self.leader_urls:
+        if set(leader) != self.endpoints.leader_urls:
             if leader:
                 log.info("leader is %s", ", ".join(leader))
             else:
                 log.warning("no member named the leader (%s); writes go where reads go",
                             "; ".join(errors) or "no endpoints")
-        self.leader_urls = leader
         self.endpoints.set_leader(leader)
 
     def _store_peers(self):
@@ -241,7 +239,7 @@ class Membership:
             "failed": [{"endpoint": ep.url, "retry_in_ms": int(left * 1000)}
                        for ep, left in self.endpoints.failed()],
             "peerURLs": list(self.peer_urls),
-            "leader": list(self.leader_urls),
+            "leader": sorted(self.endpoints.leader_urls),
         }
         if self.waiting:
             doc["waiting"] = self.waiting

@@ -21,13 +21,6 @@ from tests.helpers import poll
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
 
 
-def serving_worker(proxy, conn, workers):
-    """The worker pid holding the server side of this client connection."""
-    inode = socket_inode(conn.sock.getpeername()[1], conn.sock.getsockname()[1])
-    owners = [pid for pid in workers if inode in socket_inodes([pid])]
-    return owners[0] if len(owners) == 1 else None
-
-
 def accepted_by(sock, workers):
     """The worker pid holding the server side of this client socket (None: not accepted)."""
     try:
@@ -78,7 +71,7 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
             resp = conn.getresponse()
             resp.read()
             assert resp.status == 200
-            seen.add(serving_worker(proxy, conn, workers))
+            seen.add(accepted_by(conn.sock, workers))
             if seen >= set(workers):
                 break
         assert seen == set(workers)
@@ -108,7 +101,7 @@ def test_a_burst_of_new_connections_is_shared_by_the_workers(workers_proxy):
         warm.append(conn)
         conn.request("GET", "/v2/keys/")
         conn.getresponse().read()
-        seen.add(serving_worker(proxy, conn, workers))
+        seen.add(accepted_by(conn.sock, workers))
         if seen >= set(workers):
             break
     for conn in warm:
@@ -172,7 +165,7 @@ def test_connection_cap_is_per_worker_over_all_its_listeners(cluster, start_prox
             conn = held_if_served(port)
             if conn is not None:
                 held.append(conn)
-        owners = [serving_worker(proxy, conn, workers) for conn in held]
+        owners = [accepted_by(conn.sock, workers) for conn in held]
         assert None not in owners and len(set(owners)) == len(owners), \
             "a worker serves %d connections at once" % max(owners.count(w) for w in owners)
         assert 1 <= len(held) <= 2
@@ -206,7 +199,8 @@ def test_a_worker_ahead_holds_back_only_while_the_queue_is_short():
     queue wait seconds)."""
     board = Board(seats=2)
     gate = Gate()
-    gate.seat, sibling = board.seat(0), board.seat(1)
+    gate.join(board.seat(0))
+    sibling = board.seat(1)
     gate.seat.update(10)  # ahead of a sibling with none
     listener = socket.socket()
     clients = []
