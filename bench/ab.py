@@ -23,13 +23,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from statistics import median
 
 import harness  # first of bench/'s modules: it makes geproxy importable
 from harness import log
 from proxies import GoProxy
 from target import Target
-from throughput import Config, measure
+from throughput import Config, measure, paired_ratio, pairs_of
 
 from geproxy.testing import ProxyProcess
 
@@ -113,14 +112,10 @@ def report(configs, args):
               % (cfg.name, cfg.median("rps"), cfg.median("cpu_us") or 0,
                  cfg.median("members_us") or 0))
     for cfg in configs[1:]:
-        pairs = [(x, y) for x, y in zip(a.runs, cfg.runs) if x["rps"] and y["rps"]]
-        rps = sorted(y["rps"] / x["rps"] for x, y in pairs)
-        cpu = [y["cpu_us"] / x["cpu_us"] for x, y in pairs
-               if x.get("cpu_us") and y.get("cpu_us")]
+        rps = sorted(pairs_of(a, cfg))
         print("%s / %s: req/s ratio median %.3f (%s); proxy CPU per request ratio median %s"
-              % (cfg.name, a.name, median(rps), " ".join("%.2f" % x for x in rps),
-                 "%.3f" % median(cpu) if cpu else "-"))
-
+              % (cfg.name, a.name, paired_ratio(a, cfg), " ".join("%.2f" % x for x in rps),
+                 "%.3f" % paired_ratio(a, cfg, "cpu_us") if pairs_of(a, cfg, "cpu_us") else "-"))
 
 if __name__ == "__main__":
     main()

@@ -215,6 +215,22 @@ def report(configs):
     return table(headers, rows)
 
 
+def pairs_of(a, b, key="rps"):
+    """B's figure over A's, round by round (the two ran one after the other)."""
+    return [y[key] / x[key] for x, y in zip(a.runs, b.runs) if x.get(key) and y.get(key)]
+
+
+def paired_ratio(a, b, key="rps"):
+    """The median of B's per-round ratios to A: two configs compared with each other.
+
+    Why not the ratio of their medians: on this shared machine the CPU a request
+    costs drifts by up to 1.8x over tens of seconds (bench/README, "Two workers"),
+    and two rows' medians can come from different phases; a round's two runs,
+    seconds apart, see the same phase."""
+    ratios = pairs_of(a, b, key)
+    return median(ratios) if ratios else 0.0
+
+
 def _verdict(ok, text):
     return "%-6s %s" % ("ok" if ok else "MISS", text)
 
@@ -258,20 +274,24 @@ def verdicts(configs, connections, tls=False):
                 lines.append(_verdict(r >= TARGET_GET_RATIO, "GET req/s at %d conns, %s: "
                                       "%.2fx Go (target >= %.1fx, stretch 1.5x)" % (
                                           connections, c.name, r, TARGET_GET_RATIO)))
-            by_workers.setdefault((c.transport, c.balance, c.pipeline), {})[c.workers] = \
-                s["rps"]
+            by_workers.setdefault((c.transport, c.balance, c.pipeline), {})[c.workers] = c
             if s["cpu_us"] is not None and g.get("cpu_us") and c.workers == 1:
                 cr = s["cpu_us"] / g["cpu_us"]
                 lines.append(_verdict(cr <= TARGET_CPU_RATIO, "CPU per GET, %s: %.0f µs = "
                                       "%.2fx Go's %.0f µs (target <= %.2fx)" % (
                                           c.name, s["cpu_us"], cr, g["cpu_us"],
                                           TARGET_CPU_RATIO)))
-    for (transport, balance, pipeline), rps in by_workers.items():
-        if 1 in rps and 2 in rps:
-            lines.append(_verdict(rps[2] >= rps[1], "--workers 2 against 1, %s%s: %.0f vs %.0f "
-                                  "req/s (%.2fx; target: no slower)" % (
-                                      transport, variant_suffix(balance, pipeline),
-                                      rps[2], rps[1], rps[2] / rps[1])))
+    for (transport, balance, pipeline), by_count in by_workers.items():
+        if 1 in by_count and 2 in by_count:
+            one, two = by_count[1], by_count[2]
+            paired = paired_ratio(one, two)
+            lines.append(_verdict(paired >= 1, "--workers 2 against 1, %s%s: %.2fx, the median "
+                                  "of %d rounds' ratios (%s); medians %.0f vs %.0f req/s "
+                                  "(target: no slower)" % (
+                                      transport, variant_suffix(balance, pipeline), paired,
+                                      len(pairs_of(one, two)), " ".join(
+                                          "%.2f" % r for r in sorted(pairs_of(one, two))),
+                                      two.median("rps"), one.median("rps"))))
     return "\n".join(lines)
 
 
