@@ -10,7 +10,7 @@ import os
 
 __all__ = ["CLK_TCK", "process_state", "gone", "children", "process_tree", "cpu_seconds",
            "rss_bytes", "machine_busy_seconds", "socket_inodes", "socket_inode",
-           "connections", "established"]
+           "tcp_rows", "connections", "established"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ESTABLISHED = "01"  # the st column of /proc/net/tcp
@@ -130,7 +130,7 @@ def socket_inodes(pids):
     return inodes
 
 
-def _tcp_rows(pid="self"):
+def tcp_rows(pid="self"):
     """(local port, remote port, state, inode) of each TCP socket in pid's namespace."""
     for table in ("tcp", "tcp6"):
         try:
@@ -151,7 +151,7 @@ def socket_inode(local_port, remote_port):
     With the proxy's port as local_port and a client's as remote_port: the
     proxy's end of that client connection.
     """
-    for local, remote, _state, inode in _tcp_rows():
+    for local, remote, _state, inode in tcp_rows():
         if local == local_port and remote == remote_port:
             return inode
     return None
@@ -161,7 +161,7 @@ def connections(pid, ports):
     """(local port, remote port) of each established TCP connection from pid's tree
     to one of ``ports``: a connection that stays open keeps its local port."""
     inodes = socket_inodes(process_tree(pid))
-    return sorted((local, remote) for local, remote, state, inode in _tcp_rows(pid)
+    return sorted((local, remote) for local, remote, state, inode in tcp_rows(pid)
                   if state == ESTABLISHED and remote in ports and inode in inodes)
 
 
@@ -173,7 +173,7 @@ def established(pid, ports):
     """
     inodes = socket_inodes(process_tree(pid))
     want = {p: 0 for p in ports}
-    for _local, remote, state, inode in _tcp_rows(pid):
+    for _local, remote, state, inode in tcp_rows(pid):
         if state == ESTABLISHED and remote in want and inode in inodes:
             want[remote] += 1
     return [want[p] for p in ports]
