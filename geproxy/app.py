@@ -29,7 +29,7 @@ from geproxy.cors import CORS, start
 from geproxy.endpoints import BINDING
 from geproxy.errors import (BadRequest, BodyTooLarge, MemberTimeout, OutOfFiles, UpstreamError,
                             WatchEnded, error_answer)
-from geproxy.headers import RELAY, request_headers, request_target
+from geproxy.headers import RELAY, raft_term, request_headers, request_target
 from geproxy.logs import Every
 from geproxy.meter import FAILED_GETTING, ZERO_ENDPOINTS
 from geproxy.metrics import METRICS_PATH, metrics_page
@@ -203,8 +203,8 @@ class ProxyApp:
         query = environ.get("QUERY_STRING", "")
         watch = method == "GET" and is_watch(query)
 
-        candidates = self.endpoints.ordered(environ.get(BINDING),
-                                            write=method not in RETRY_ELSEWHERE)
+        write = method not in RETRY_ELSEWHERE
+        candidates = self.endpoints.ordered(environ.get(BINDING), write=write)
         if watch and self.coalescer is not None and not body and not is_stream(query):
             return self.coalesced(environ, start_response, candidates, target, started)
         headers = upstream_headers(environ, method, body)
@@ -216,6 +216,8 @@ class ProxyApp:
             return _json_error(environ, start_response, exc.status, exc.message)
         if meter is not None:
             meter.settled(environ, method, resp.status, resp.member, started)
+        if write:  # a new term in the answer: the leader may have changed
+            self.endpoints.note_term(raft_term(resp.headers))
         if content is None:
             return self.stream(environ, start_response, resp, watch)
         return self.respond(environ, start_response, method, resp, content)

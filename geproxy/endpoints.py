@@ -22,10 +22,17 @@ from then on: a follower answers a write only once it has applied it, the
 leader too, so reads after a write on the same connection keep seeing it.
 Connections that only read stay spread.  A leader that is not known, or not
 available, changes nothing.
+
+The leader is learned again at once, not only on the next refresh, when it
+may have changed (``leader_doubted``): when the leader is marked failed, and
+when a member's answer to a write names a raft term higher than any seen
+(``note_term``), which only an election makes.
 """
 
 import random
 import time
+
+from gevent.event import Event
 
 BINDING = "geproxy.binding"  # environ key of the client connection's Binding
 
@@ -57,6 +64,8 @@ class EndpointSet:
         self._available = []  # cached until a mark expires or the list changes
         self._recheck_at = float("-inf")
         self.leader_urls = frozenset()  # the leading member's client URLs, if known
+        self.term = 0  # the highest raft term a member's answer named
+        self.leader_doubted = Event()  # set when the leader may have changed
 
     def replace(self, urls, shuffle=True):
         """Take a new URL list (from a refresh), shuffle it, keep failure marks.
@@ -78,6 +87,12 @@ class EndpointSet:
     def set_leader(self, urls):
         """The client URLs of the member that leads now (empty: not known)."""
         self.leader_urls = frozenset(urls)
+
+    def note_term(self, term):
+        """A member answered in raft ``term``: a term not seen before means an election."""
+        if term > self.term:
+            self.term = term
+            self.leader_doubted.set()
 
     def leader(self):
         """The leader's first available endpoint, or None."""
@@ -113,6 +128,8 @@ class EndpointSet:
         was_available = endpoint.failed_until <= now
         endpoint.failed_until = now + self.failure_wait
         self._recheck_at = float("-inf")
+        if endpoint.url in self.leader_urls:
+            self.leader_doubted.set()
         return was_available
 
     def ordered(self, binding=None, write=False):

@@ -75,6 +75,15 @@ def response_headers(headers):
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
+def raft_term(headers):
+    """The raft term a member's answer names (``X-Raft-Term``: etcd sets it on a
+    write it applied), or 0."""
+    for name, value in headers:
+        if len(name) == 11 and name.lower() == "x-raft-term":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 def request_target(environ):
     """The request target to forward, byte-exact, always in origin form.
 

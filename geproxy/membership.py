@@ -16,7 +16,9 @@ Better than the Go proxy:
   waits for them while the listeners already answer 503;
 * each refresh also asks a member which member leads (``/v2/stats/self``), so
   that writes go to the leader (endpoints.py); if no member says, writes go
-  where reads go, as before.
+  where reads go, as before.  Between refreshes the leader is asked for again
+  as soon as the endpoints doubt it (it failed, or an election was seen), at
+  most once every ``RELEARN_GAP`` seconds.
 """
 
 import json
@@ -36,6 +38,7 @@ log = logging.getLogger("geproxy.membership")
 MEMBERS_TIMEOUT = 10.0  # seconds for a whole /members answer, as etcd 3.x
 LEADER_TIMEOUT = 2.0  # seconds for a member's /v2/stats/self answer
 FAST_RETRY = 1.0  # seconds between tries while no endpoint is known (etcd PR #3819)
+RELEARN_GAP = 1.0  # seconds at least between two questions for the leader between refreshes
 
 
 def fetch_members(session, peer_url, dial_timeout):
@@ -156,6 +159,7 @@ class Membership:
         self._client_session.trust_env = False
         if client_tls_context is not None:
             self._client_session.mount("https://", ContextAdapter(client_tls_context))
+        self._members = None  # the last member list read (to map a leader's id to URLs)
         self._greenlet = None
 
     def _client_urls(self, members):
@@ -182,6 +186,7 @@ class Membership:
                 errors.append("%s: cluster lists no usable client URLs" % peer_url)
                 break  # as etcd: an empty but valid answer ends this round
             self.endpoints.replace(client_urls)
+            self._members = members
             self._learn_leader(members)
             new_peers = _urls(members, "peerURLs")
             if new_peers and new_peers != self.peer_urls:
@@ -204,6 +209,7 @@ class Membership:
 
     def _learn_leader(self, members):
         """Ask the available members in turn which member leads; tell the endpoints."""
+        self.endpoints.leader_doubted.clear()  # what is learned now answers any doubt so far
         leader, errors = [], []
         for ep in self.endpoints.available():
             try:
@@ -266,7 +272,25 @@ class Membership:
                 self.refresh()
             except Exception:  # keep refreshing whatever one round did
                 log.exception("member refresh failed unexpectedly")
-            gevent.sleep(max(self.next_delay(), 0.01))
+            self.wait(max(self.next_delay(), 0.01))
+
+    def wait(self, delay):
+        """Sleep ``delay`` seconds, asking again which member leads whenever the
+        endpoints doubt the leader they have (at most once every RELEARN_GAP)."""
+        doubted = self.endpoints.leader_doubted
+        until = time.monotonic() + delay
+        while True:
+            left = until - time.monotonic()
+            if left <= 0 or not doubted.wait(left):
+                return
+            if self._members is None:  # no member list yet: the next refresh learns it
+                doubted.clear()
+                continue
+            try:
+                self._learn_leader(self._members)
+            except Exception:  # keep waiting whatever one question did
+                log.exception("asking for the leader failed unexpectedly")
+            gevent.sleep(min(RELEARN_GAP, max(until - time.monotonic(), 0)))
 
     def start(self):
         self._greenlet = gevent.spawn(self.run)

@@ -255,6 +255,20 @@ def test_member_error_status_passed_back_without_failover(member, proxy, status)
     assert p.failed_urls() == []
 
 
+def test_a_new_raft_term_in_a_write_answer_makes_the_leader_doubted(member, proxy):
+    """etcd names its raft term on a write it applied; a term above any seen means an
+    election, so membership asks for the leader again (not only on its next refresh)."""
+    fake = member(headers=[("X-Raft-Term", "7")])
+    p = proxy(fake)
+    p.client.get(KEY)  # reads say nothing about the leader
+    assert p.endpoints.term == 0 and not p.endpoints.leader_doubted.is_set()
+    p.client.put(KEY, {"value": "v"})
+    assert p.endpoints.term == 7 and p.endpoints.leader_doubted.is_set()
+    p.endpoints.leader_doubted.clear()
+    p.client.put(KEY, {"value": "w"})  # the same term: no election since
+    assert not p.endpoints.leader_doubted.is_set()
+
+
 # --- methods and paths -----------------------------------------------------------------
 
 

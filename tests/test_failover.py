@@ -93,6 +93,40 @@ def test_kill_member_during_300_gets(fresh_cluster, start_proxy, key, role):
     write_soon(proxy, key + "w")
 
 
+def test_writes_follow_a_new_leader_long_before_the_next_refresh(fresh_cluster, start_proxy,
+                                                                key):
+    """The leader is killed.  Once the others elected one, writes through the proxy go to
+    it within seconds, although the proxy re-reads the member list only every ten
+    minutes: the failure and the new raft term in a write's answer make it ask again."""
+    cluster = fresh_cluster
+    args = ["--proxy-failure-wait", "1000", "--proxy-refresh-interval", "600000",
+            "--proxy-header-timeout", "1000"]
+    proxy = start_proxy(cluster.initial_cluster, args=args, endpoints=3)
+
+    def leads(i):
+        """The proxy names member i the leader, and i is not marked failed."""
+        doc = requests.get(proxy.url + "/v2/config/local/proxy", timeout=5).json()
+        return doc["leader"] == [cluster.client_urls[i]] and cluster.client_urls[i] in \
+            doc["endpoints"]
+
+    old = cluster.leader_index()
+    assert poll(lambda: leads(old), timeout=10)
+    cluster.kill(old)
+    write_soon(proxy, key)
+    new = cluster.leader_index()
+    assert new != old
+    assert poll(lambda: leads(new), timeout=10)  # a write to it may have timed out meanwhile
+    alive = [i for i in range(3) if i != old]
+    before = {i: cluster.members[i].metric("etcd_http_received_total", method="PUT")
+              for i in alive}
+    client = sessions(1)[0]
+    for n in range(3):
+        assert client.put(proxy.url + key, data={"value": str(n)}, timeout=10).status_code == 200
+    grew = {i: cluster.members[i].metric("etcd_http_received_total", method="PUT") - before[i]
+            for i in alive}
+    assert grew == {i: 3 if i == new else 0 for i in alive}
+
+
 def test_paused_member_gets_fail_over_and_puts_never_hang(fresh_cluster, start_proxy, key):
     cluster = fresh_cluster
     proxy = start_proxy(cluster.initial_cluster, args=FAST, endpoints=3)

@@ -6,14 +6,15 @@ garbage, an empty member list, a member advertising the proxy's own address.
 
 import json
 
+import gevent
 import pytest
 from gevent import pywsgi
 
 from geproxy.datadir import ClusterFile
 from geproxy.endpoints import Binding, EndpointSet
 from geproxy.membership import FAST_RETRY, Membership, SelfAddresses
-from tests.fakeupstream import CLUSTER_ID
-from tests.helpers import session
+from tests.fakeupstream import CLUSTER_ID, FakeMember
+from tests.helpers import poll, session
 
 
 class FakePeer:
@@ -196,6 +197,44 @@ def test_writes_go_where_reads_go_while_the_leader_is_unknown_or_failed():
     first.replace(["a", "b", "c"], shuffle=False)
     first.set_leader(["b"])
     assert first.ordered(Binding(), write=True)[0].url == "a"  # as the Go proxy
+
+
+def test_the_leader_is_doubted_after_a_higher_term_or_when_it_fails():
+    eps = EndpointSet(failure_wait=5.0)
+    eps.replace(["a", "b", "c"], shuffle=False)
+    eps.set_leader(["b"])
+    doubted = eps.leader_doubted
+    eps.note_term(3)
+    assert doubted.is_set() and eps.term == 3
+    doubted.clear()
+    for term in (3, 2, 0):
+        eps.note_term(term)
+    assert not doubted.is_set() and eps.term == 3
+    eps.mark_failed(eps.all()[0])  # a follower
+    assert not doubted.is_set()
+    eps.mark_failed(eps.all()[1])  # the leader
+    assert doubted.is_set()
+
+
+def test_a_doubted_leader_is_asked_for_again_before_the_next_refresh():
+    """Between refreshes ``wait`` asks again which member leads once the endpoints
+    doubt the leader, at most once every RELEARN_GAP."""
+    fake = FakeMember("ok")  # names itself the leader in /v2/stats/self
+    try:
+        m = membership([fake.url])
+        assert m.refresh()
+        m.endpoints.set_leader([])  # as if an election left it unknown
+        waiting = gevent.spawn(m.wait, 30.0)
+        try:
+            m.endpoints.note_term(2)
+            assert poll(lambda: m.endpoints.leader_urls == {fake.url}, timeout=5)
+            assert not m.endpoints.leader_doubted.is_set()
+            assert not waiting.dead  # still waiting for the next refresh
+        finally:
+            waiting.kill()
+            m.stop()
+    finally:
+        fake.close()
 
 
 def test_refresh_learns_the_leader_of_a_real_cluster(cluster):
