@@ -42,12 +42,12 @@ import time
 from geproxy import http11, pipeline
 from geproxy.errors import BadRequest, BadResponse, MemberTimeout, PipeBroken, UpstreamError
 from geproxy.headers import HOP_BY_HOP, response_headers
+from geproxy.lag import EXTENSIONS, lagged
 from geproxy.pool import MAX_IDLE, Pool
 
 RESPONSE_HEAD_MAX = 1 << 20
 MAX_CHUNK_LINE = 8 << 10  # bytes of a chunk-size or trailer line
 SAFE_TO_REPEAT = frozenset(("GET", "HEAD"))
-LAG_EXTENSIONS = 10  # times a head timeout may be extended while the proxy itself lags
 
 _NO_BODY = frozenset((204, 304))
 # member answer heads of this process, parsed once each (shared: read only)
@@ -257,7 +257,7 @@ class NativeTransport:
         pool = self.pools.get(base_url)
         if pool is None:
             pool = self.pools[base_url] = Pool(base_url, self.dial_timeout, self.tls_context,
-                                               self.max_idle)
+                                               self.max_idle, self.lag)
         return pool
 
     def request(self, base_url, method, target, headers, body, head_timeout=None):
@@ -382,8 +382,8 @@ class NativeTransport:
             try:
                 data = wire.recv(timeout) if buf or eager else wire.recv_wait(timeout)
             except TimeoutError:
-                if extended < LAG_EXTENSIONS and (
-                        wire.ready() is not None or self._lagged(written)):
+                if extended < EXTENSIONS and (
+                        wire.ready() is not None or lagged(self.lag, written)):
                     # the answer is there (the timer fired first in a busy loop turn),
                     # or our own loop was late: not the member's fault, wait on
                     extended += 1
@@ -399,9 +399,6 @@ class NativeTransport:
                 raise BadResponse("%s closed the connection before a complete answer"
                                   % pool.base_url)
             buf += data
-
-    def _lagged(self, since):
-        return self.lag is not None and self.lag.lagged_since(since)
 
     def close(self):
         """Close the idle pooled connections and the pipes (ones in use close when released)."""

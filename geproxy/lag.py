@@ -5,7 +5,8 @@ When the proxy is saturated (thousands of connections, one core) a greenlet
 can wait for the CPU longer than a member takes to answer; a head timeout
 that expires then says nothing about the member.  ``lagged_since(t)`` tells
 the upstream client whether the loop was late (by more than ``THRESHOLD``)
-at any time since ``t``.
+at any time since ``t``; a dial or a head timeout that expired then is
+extended (up to ``EXTENSIONS`` times) instead of failing the member.
 """
 
 import time
@@ -14,6 +15,12 @@ import gevent
 
 TICK = 0.05  # seconds between two measurements
 THRESHOLD = 0.1  # seconds late that count as lagging
+EXTENSIONS = 10  # times a member's timeout may be extended while the proxy itself lags
+
+
+def lagged(lag, since):
+    """Whether ``lag`` (a LoopLag, or None: not measured) saw the loop late since ``since``."""
+    return lag is not None and lag.lagged_since(since)
 
 
 class LoopLag:

@@ -5,7 +5,11 @@
 * an idle connection is checked with one non-blocking peek before reuse when
   it has been idle for over ``CHECK_AFTER`` seconds, or when the caller asks
   (before a write), so one the member closed meanwhile is dropped, not used;
-* a member named by its IP address is dialled without a resolver.
+* a member named by its IP address is dialled without a resolver, and its
+  dial timeout is extended while the proxy's own loop lags (``lag``): in a
+  burst of thousands of new watches on a busy machine, dials to all three
+  members timed out together and all three were marked failed, so every
+  client after them got 503 for the failure wait.
 """
 
 import socket
@@ -16,6 +20,7 @@ from gevent import socket as gsocket
 
 from geproxy import sockio
 from geproxy.errors import ConnectError, connect_error
+from geproxy.lag import EXTENSIONS, lagged
 
 MAX_IDLE = 1024  # idle connections kept per member
 CHECK_AFTER = 1.0  # seconds idle after which a pooled connection is peeked before reuse
@@ -36,9 +41,9 @@ class Pool:
     """The connections to one member: idle ones, newest last, with when they went idle."""
 
     __slots__ = ("base_url", "host", "address", "family", "tls_context", "server_hostname",
-                 "idle", "max_idle", "open", "dial_timeout")
+                 "idle", "max_idle", "open", "dial_timeout", "lag")
 
-    def __init__(self, base_url, dial_timeout, tls_context=None, max_idle=MAX_IDLE):
+    def __init__(self, base_url, dial_timeout, tls_context=None, max_idle=MAX_IDLE, lag=None):
         parts = urlsplit(base_url)
         https = parts.scheme == "https"
         self.base_url = base_url
@@ -51,6 +56,7 @@ class Pool:
         self.idle = []  # [(wire, idle since)]
         self.max_idle = max_idle
         self.open = 0  # connections open to this member, idle or in use
+        self.lag = lag  # the loop's LoopLag, or None
 
     def connect(self):
         """A new connection, as a Wire; ConnectError (nothing was sent) on failure."""
@@ -79,7 +85,14 @@ class Pool:
         sock = gsocket.socket(self.family, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.dial_timeout)
-            sock.connect(self.address)
+            started = time.monotonic()
+            for extended in range(EXTENSIONS + 1):
+                try:
+                    sock.connect(self.address)  # again: waits on the same attempt
+                    break
+                except TimeoutError:
+                    if extended == EXTENSIONS or not lagged(self.lag, started):
+                        raise
         except OSError:
             sock.close()
             raise

@@ -16,8 +16,8 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from geproxy.client import NativeTransport
-from geproxy.pool import ip_family
-from geproxy.errors import UpstreamError
+from geproxy.errors import ConnectError, UpstreamError
+from geproxy.pool import Pool as MemberPool, ip_family
 from tests.fakeupstream import DEFAULT_BODY, BadRequest, FakeMember, Reply, read_request
 
 
@@ -42,6 +42,43 @@ def test_members_named_by_address_or_host_name(bind, url_host):
         finally:
             transport.close()
     assert [r.target for r in member.requests] == ["/v2/keys/a"]
+
+
+class Lag:
+    """Stands in for geproxy.lag.LoopLag: whether the proxy's own loop ran late."""
+
+    def __init__(self, lagging):
+        self.lagging = lagging
+
+    def lagged_since(self, since):
+        return self.lagging
+
+
+@pytest.mark.parametrize("lagging", [True, False])
+def test_a_dial_outlasting_its_timeout_waits_on_only_while_the_proxy_lags(lagging):
+    """A member whose accept queue is full drops the SYN, and the kernel sends it again
+    after a second.  With the proxy's own loop late (a burst of thousands of new
+    watches) the dial waits on: the member is not to blame.  Otherwise it fails after
+    its timeout, and the member is marked failed, as before."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # one connection fills the queue
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    unblock = gevent.spawn_later(0.5, lambda: listener.accept()[0].close())
+    pool = MemberPool("http://127.0.0.1:%d" % port, dial_timeout=0.3, lag=Lag(lagging))
+    try:
+        if lagging:
+            pool.connect().close()  # the SYN sent again about 1 s in gets through
+            assert pool.open == 1
+        else:
+            with pytest.raises(ConnectError, match="timed out"):
+                pool.connect()
+            assert pool.open == 0
+    finally:
+        unblock.kill()
+        filler.close()
+        listener.close()
 
 
 class IdleClosingMember:
