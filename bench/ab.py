@@ -28,7 +28,7 @@ import harness  # first of bench/'s modules: it makes geproxy importable
 from harness import log
 from proxies import GoProxy
 from target import Target
-from throughput import Config, measure, paired_ratio, pairs_of
+from throughput import Config, measure, paired
 
 from geproxy.testing import ProxyProcess
 
@@ -112,10 +112,12 @@ def report(configs, args):
               % (cfg.name, cfg.median("rps"), cfg.median("cpu_us") or 0,
                  cfg.median("members_us") or 0))
     for cfg in configs[1:]:
-        rps = sorted(pairs_of(a, cfg))
+        rps, ratios = paired(a, cfg)
+        cpu, cpu_ratios = paired(a, cfg, "cpu_us")
         print("%s / %s: req/s ratio median %.3f (%s); proxy CPU per request ratio median %s"
-              % (cfg.name, a.name, paired_ratio(a, cfg), " ".join("%.2f" % x for x in rps),
-                 "%.3f" % paired_ratio(a, cfg, "cpu_us") if pairs_of(a, cfg, "cpu_us") else "-"))
+              % (cfg.name, a.name, rps, " ".join("%.2f" % x for x in ratios),
+                 "%.3f" % cpu if cpu_ratios else "-"))
+
 
 if __name__ == "__main__":
     main()

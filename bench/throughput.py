@@ -215,20 +215,17 @@ def report(configs):
     return table(headers, rows)
 
 
-def pairs_of(a, b, key="rps"):
-    """B's figure over A's, round by round (the two ran one after the other)."""
-    return [y[key] / x[key] for x, y in zip(a.runs, b.runs) if x.get(key) and y.get(key)]
-
-
-def paired_ratio(a, b, key="rps"):
-    """The median of B's per-round ratios to A: two configs compared with each other.
+def paired(a, b, key="rps"):
+    """(the median, every ratio sorted) of B's figure over A's, round by round: two
+    configs compared with each other (0.0 and [] if no round has both).
 
     Why not the ratio of their medians: on this shared machine the CPU a request
     costs drifts by up to 1.8x over tens of seconds (bench/README, "Two workers"),
     and two rows' medians can come from different phases; a round's two runs,
     seconds apart, see the same phase."""
-    ratios = pairs_of(a, b, key)
-    return median(ratios) if ratios else 0.0
+    ratios = sorted(y[key] / x[key] for x, y in zip(a.runs, b.runs)
+                    if x.get(key) and y.get(key))
+    return (median(ratios) if ratios else 0.0), ratios
 
 
 def _verdict(ok, text):
@@ -284,13 +281,12 @@ def verdicts(configs, connections, tls=False):
     for (transport, balance, pipeline), by_count in by_workers.items():
         if 1 in by_count and 2 in by_count:
             one, two = by_count[1], by_count[2]
-            paired = paired_ratio(one, two)
-            lines.append(_verdict(paired >= 1, "--workers 2 against 1, %s%s: %.2fx, the median "
+            ratio, ratios = paired(one, two)
+            lines.append(_verdict(ratio >= 1, "--workers 2 against 1, %s%s: %.2fx, the median "
                                   "of %d rounds' ratios (%s); medians %.0f vs %.0f req/s "
                                   "(target: no slower)" % (
-                                      transport, variant_suffix(balance, pipeline), paired,
-                                      len(pairs_of(one, two)), " ".join(
-                                          "%.2f" % r for r in sorted(pairs_of(one, two))),
+                                      transport, variant_suffix(balance, pipeline), ratio,
+                                      len(ratios), " ".join("%.2f" % r for r in ratios),
                                       two.median("rps"), one.median("rps"))))
     return "\n".join(lines)
 
