@@ -5,8 +5,8 @@
 * an idle connection is checked with one non-blocking peek before reuse when
   it has been idle for over ``CHECK_AFTER`` seconds, or when the caller asks
   (before a write), so one the member closed meanwhile is dropped, not used;
-* a member named by its IP address is dialled without a resolver, and its
-  dial timeout is extended while the proxy's own loop lags (``lag``): in a
+* a member named by its IP address is dialled without a resolver; a dial's
+  timeout is extended while the proxy's own loop lags (``lag``): in a
   burst of thousands of new watches on a busy machine, dials to all three
   members timed out together and all three were marked failed, so every
   client after them got 503 for the failure wait.
@@ -77,18 +77,30 @@ class Pool:
 
     def _dial(self):
         """A connected socket.  A member named by its IP address is dialled directly:
-        ``create_connection`` would resolve it through gevent's resolver, a thread-pool
-        round trip per connection that, when a burst of clients opens connections to
-        the members together, limited a busy proxy to about 300 connects a second."""
-        if self.family is None:  # a host name: resolved on every connect, as Go does
-            return gsocket.create_connection(self.address, timeout=self.dial_timeout)
-        sock = gsocket.socket(self.family, socket.SOCK_STREAM)
+        resolving it through gevent's resolver is a thread-pool round trip per
+        connection that, when a burst of clients opens connections to the members
+        together, limited a busy proxy to about 300 connects a second.  A host name is
+        resolved on every connect, as Go does, and its addresses tried in turn."""
+        if self.family is not None:
+            return self._connect(self.family, self.address)
+        host, port = self.address
+        error = None
+        for family, _, _, _, address in gsocket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            try:
+                return self._connect(family, address)
+            except OSError as exc:
+                error = exc
+        raise error or OSError("%s resolved to no address" % host)
+
+    def _connect(self, family, address):
+        """One address dialled, its timeout extended while the proxy's own loop lags."""
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.dial_timeout)
             started = time.monotonic()
             for extended in range(EXTENSIONS + 1):
                 try:
-                    sock.connect(self.address)  # again: waits on the same attempt
+                    sock.connect(address)  # again: waits on the same attempt
                     break
                 except TimeoutError:
                     if extended == EXTENSIONS or not lagged(self.lag, started):

@@ -54,19 +54,21 @@ class Lag:
         return self.lagging
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 @pytest.mark.parametrize("lagging", [True, False])
-def test_a_dial_outlasting_its_timeout_waits_on_only_while_the_proxy_lags(lagging):
+def test_a_dial_outlasting_its_timeout_waits_on_only_while_the_proxy_lags(lagging, host):
     """A member whose accept queue is full drops the SYN, and the kernel sends it again
     after a second.  With the proxy's own loop late (a burst of thousands of new
     watches) the dial waits on: the member is not to blame.  Otherwise it fails after
-    its timeout, and the member is marked failed, as before."""
+    its timeout, and the member is marked failed, as before.  The same for a member
+    named by a host name (resolved on each connect)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)  # one connection fills the queue
     port = listener.getsockname()[1]
     filler = socket.create_connection(("127.0.0.1", port))
     unblock = gevent.spawn_later(0.5, lambda: listener.accept()[0].close())
-    pool = MemberPool("http://127.0.0.1:%d" % port, dial_timeout=0.3, lag=Lag(lagging))
+    pool = MemberPool("http://%s:%d" % (host, port), dial_timeout=0.3, lag=Lag(lagging))
     try:
         if lagging:
             pool.connect().close()  # the SYN sent again about 1 s in gets through
