@@ -47,7 +47,7 @@ test: venv etcd wrk
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks; extra options via SPREAD_ARGS / THROUGHPUT_ARGS, e.g.
-#   make bench SPREAD_ARGS=--compare-go THROUGHPUT_ARGS="--rounds 5"
+#   make bench SPREAD_ARGS=--compare-go THROUGHPUT_ARGS="--rounds 7"
 bench: venv etcd wrk
 	$(PY) bench/spread.py $(SPREAD_ARGS)
 	$(PY) bench/throughput.py $(THROUGHPUT_ARGS)

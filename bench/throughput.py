@@ -17,11 +17,12 @@ once more for direct, Go and ours (workers 1): the one-connection latency.  Per 
 (utime+stime of its whole process tree from /proc, so gunicorn workers count)
 divided by the requests wrk made, and the same for the local members together
 ("members µs/req": on one machine, what a proxy makes its members spend is CPU
-the proxy does not get).  The table shows medians over rounds and
-each config's ratio to the Go proxy measured in the same run.
+the proxy does not get).  The table shows medians over rounds and each
+config's ratios to the Go proxy: the median of the rounds' ratios, each the
+config's figure over Go's in the same round (``paired``).
 
     .venv/bin/python bench/throughput.py
-    .venv/bin/python bench/throughput.py --rounds 5 --transports requests --workers 1
+    .venv/bin/python bench/throughput.py --rounds 3 --transports requests --workers 1
     .venv/bin/python bench/throughput.py --rounds 0 --profile      # py-spy only
     .venv/bin/python bench/throughput.py --tls --transports native # TLS on both sides
     .venv/bin/python bench/throughput.py --balance least-connections,first  # + Go's member choice
@@ -192,26 +193,29 @@ def _fmt(x, spec):
     return "" if x is None else spec % x
 
 
-def _ratio(a, b):
-    return "" if not a or not b else "%.2f" % (a / b)
+def _ratio(go, c, key):
+    """This row's figure over the Go proxy's, the median of the rounds' ratios
+    (``paired``), formatted; empty when there is nothing to compare."""
+    ratio = paired(go, c, key)[0] if go is not None else 0.0
+    return "%.2f" % ratio if ratio else ""
 
 
 def report(configs):
-    go = {c.row: c.summary() for c in configs if c.kind == "go"}
+    go = {c.row: c for c in configs if c.kind == "go"}
     headers = ["config", "conns", "req/s (median)", "min-max", "p50 ms", "p99 ms",
                "CPU µs/req", "members µs/req", "req/s vs Go", "CPU vs Go", "p50 vs Go",
                "errors", "other load"]
     rows = []
     for c in configs:
-        s, g = c.summary(), go.get(c.row, {})
+        s, g = c.summary(), go.get(c.row)
         rows.append([c.name, c.connections, _fmt(s["rps"], "%.0f"),
                      "%s-%s" % (_fmt(s["rps_min"], "%.0f"), _fmt(s["rps_max"], "%.0f")),
                      _fmt(s["p50"], "%.2f"), _fmt(s["p99"], "%.2f"),
                      _fmt(s["cpu_us"], "%.0f") if c.kind != "direct" else "-",
                      _fmt(s["members_us"], "%.0f"),
-                     _ratio(s["rps"], g.get("rps")),
-                     _ratio(s["cpu_us"], g.get("cpu_us")) if c.kind != "direct" else "",
-                     _ratio(s["p50"], g.get("p50")), s["errors"], _fmt(s["other"], "%.2f")])
+                     _ratio(g, c, "rps"),
+                     _ratio(g, c, "cpu_us") if c.kind != "direct" else "",
+                     _ratio(g, c, "p50"), s["errors"], _fmt(s["other"], "%.2f")])
     return table(headers, rows)
 
 
@@ -228,37 +232,45 @@ def paired(a, b, key="rps"):
     return (median(ratios) if ratios else 0.0), ratios
 
 
+def _rounds(ratios):
+    """How a paired ratio came about, for a verdict line."""
+    return "the median of %d rounds' ratios (%s)" % (
+        len(ratios), " ".join("%.2f" % r for r in ratios))
+
+
 def _verdict(ok, text):
     return "%-6s %s" % ("ok" if ok else "MISS", text)
 
 
 def verdicts(configs, connections, tls=False):
-    """One line per target the run can judge, each with the figures it was judged on."""
-    go = {c.row: c.summary() for c in configs if c.kind == "go"}
+    """One line per target the run can judge, each with the figures it was judged on:
+    ratios to the Go proxy, and of two workers to one, round by round (``paired``)."""
+    go = {c.row: c for c in configs if c.kind == "go"}
     ours = [c for c in configs if c.kind == "ours"]
     lines = []
     by_workers = {}
     for c in ours:
-        s, g = c.summary(), go.get(c.row, {})
-        if not s["rps"] or not g.get("rps"):
+        s, g = c.summary(), go.get(c.row)
+        if not s["rps"] or g is None or not g.median("rps"):
             continue
-        r = s["rps"] / g["rps"]
+        r, rs = paired(g, c)
         if c.connections == 1:
-            p = s["p50"] / g["p50"]
-            lines.append(_verdict(p <= TARGET_P50_RATIO, "one-connection p50, %s: %.3f ms = "
-                                  "%.2fx Go's %.3f ms (target <= %.2fx)" % (
-                                      c.name, s["p50"], p, g["p50"], TARGET_P50_RATIO)))
+            p, ps = paired(g, c, "p50")
+            lines.append(_verdict(p <= TARGET_P50_RATIO, "one-connection p50, %s: %.2fx Go's, "
+                                  "%s; medians %.3f vs %.3f ms (target <= %.2fx)" % (
+                                      c.name, p, _rounds(ps), s["p50"], g.median("p50"),
+                                      TARGET_P50_RATIO)))
         elif c.mixed:
             lines.append(_verdict(r >= TARGET_MIXED_RATIO, "req/s with 10%% PUT at %d conns, "
-                                  "%s: %.2fx Go (target >= %.1fx)" % (
-                                      connections, c.name, r, TARGET_MIXED_RATIO)))
+                                  "%s: %.2fx Go, %s (target >= %.1fx)" % (
+                                      connections, c.name, r, _rounds(rs),
+                                      TARGET_MIXED_RATIO)))
         elif tls:
             lines.append(_verdict(r >= TARGET_TLS_RATIO, "req/s over TLS at %d conns, %s: "
-                                  "%.2fx Go (target >= %.1fx)" % (
-                                      connections, c.name, r, TARGET_TLS_RATIO)))
+                                  "%.2fx Go, %s (target >= %.1fx)" % (
+                                      connections, c.name, r, _rounds(rs), TARGET_TLS_RATIO)))
         elif connections >= OVERLOAD_CONNECTIONS:
-            for n, (run, go_run) in enumerate(zip(c.runs, next(
-                    x for x in configs if x.kind == "go" and x.row == c.row).runs)):
+            for n, (run, go_run) in enumerate(zip(c.runs, g.runs)):
                 errors = run["non2xx"] + run["socket_errors"]
                 lines.append(_verdict(
                     run["rps"] >= go_run["rps"] and run["p99"] <= go_run["p99"] and not errors,
@@ -269,25 +281,25 @@ def verdicts(configs, connections, tls=False):
         else:
             if c.workers == 1:
                 lines.append(_verdict(r >= TARGET_GET_RATIO, "GET req/s at %d conns, %s: "
-                                      "%.2fx Go (target >= %.1fx, stretch 1.5x)" % (
-                                          connections, c.name, r, TARGET_GET_RATIO)))
+                                      "%.2fx Go, %s; medians %.0f vs %.0f req/s (target >= "
+                                      "%.1fx, stretch 1.5x)" % (
+                                          connections, c.name, r, _rounds(rs), s["rps"],
+                                          g.median("rps"), TARGET_GET_RATIO)))
             by_workers.setdefault((c.transport, c.balance, c.pipeline), {})[c.workers] = c
-            if s["cpu_us"] is not None and g.get("cpu_us") and c.workers == 1:
-                cr = s["cpu_us"] / g["cpu_us"]
-                lines.append(_verdict(cr <= TARGET_CPU_RATIO, "CPU per GET, %s: %.0f µs = "
-                                      "%.2fx Go's %.0f µs (target <= %.2fx)" % (
-                                          c.name, s["cpu_us"], cr, g["cpu_us"],
-                                          TARGET_CPU_RATIO)))
+            cr, crs = paired(g, c, "cpu_us")
+            if cr and c.workers == 1:
+                lines.append(_verdict(cr <= TARGET_CPU_RATIO, "CPU per GET, %s: %.2fx Go's, "
+                                      "%s; medians %.0f vs %.0f µs (target <= %.2fx)" % (
+                                          c.name, cr, _rounds(crs), s["cpu_us"],
+                                          g.median("cpu_us"), TARGET_CPU_RATIO)))
     for (transport, balance, pipeline), by_count in by_workers.items():
         if 1 in by_count and 2 in by_count:
             one, two = by_count[1], by_count[2]
             ratio, ratios = paired(one, two)
-            lines.append(_verdict(ratio >= 1, "--workers 2 against 1, %s%s: %.2fx, the median "
-                                  "of %d rounds' ratios (%s); medians %.0f vs %.0f req/s "
-                                  "(target: no slower)" % (
+            lines.append(_verdict(ratio >= 1, "--workers 2 against 1, %s%s: %.2fx, %s; "
+                                  "medians %.0f vs %.0f req/s (target: no slower)" % (
                                       transport, variant_suffix(balance, pipeline), ratio,
-                                      len(ratios), " ".join("%.2f" % r for r in ratios),
-                                      two.median("rps"), one.median("rps"))))
+                                      _rounds(ratios), two.median("rps"), one.median("rps"))))
     return "\n".join(lines)
 
 
@@ -392,7 +404,7 @@ def profile(args, configs, path):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3, help="rounds over all configs (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over all configs (default 5)")
     ap.add_argument("--threads", "-t", type=int, default=1, help="wrk -t (default 1)")
     ap.add_argument("--connections", "-c", type=int, default=50, help="wrk -c (default 50)")
     ap.add_argument("--duration", "-d", type=int, default=5,
