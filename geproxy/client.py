@@ -43,7 +43,7 @@ from geproxy import http11, pipeline
 from geproxy.errors import BadRequest, BadResponse, MemberTimeout, PipeBroken, UpstreamError
 from geproxy.headers import HOP_BY_HOP, response_headers
 from geproxy.lag import EXTENSIONS, lagged
-from geproxy.pool import MAX_IDLE, Pool
+from geproxy.pool import MAX_IDLE, Closer, Pool
 
 RESPONSE_HEAD_MAX = 1 << 20
 MAX_CHUNK_LINE = 8 << 10  # bytes of a chunk-size or trailer line
@@ -252,12 +252,13 @@ class NativeTransport:
         self.pipelines = pipelines  # pipelined connections per member (geproxy.pipeline); 0: none
         self.pools = {}
         self.pipes = {}  # base URL -> pipeline.Pipes
+        self.closer = Closer()  # the pools' surplus idle connections, closed a few at a time
 
     def pool(self, base_url):
         pool = self.pools.get(base_url)
         if pool is None:
             pool = self.pools[base_url] = Pool(base_url, self.dial_timeout, self.tls_context,
-                                               self.max_idle, self.lag)
+                                               self.max_idle, self.lag, self.closer)
         return pool
 
     def request(self, base_url, method, target, headers, body, head_timeout=None):
@@ -405,6 +406,7 @@ class NativeTransport:
         for pipes in self.pipes.values():
             pipes.close()
         self.pipes.clear()
+        self.closer.flush()
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()

@@ -15,9 +15,10 @@ import pytest
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from geproxy import pool as member_pool
 from geproxy.client import NativeTransport
 from geproxy.errors import ConnectError, UpstreamError
-from geproxy.pool import Pool as MemberPool, ip_family
+from geproxy.pool import Closer, Pool as MemberPool, ip_family
 from tests.fakeupstream import DEFAULT_BODY, BadRequest, FakeMember, Reply, read_request
 
 
@@ -80,6 +81,79 @@ def test_a_dial_outlasting_its_timeout_waits_on_only_while_the_proxy_lags(laggin
     finally:
         unblock.kill()
         filler.close()
+        listener.close()
+
+
+class Listener:
+    """A loopback port whose accepted connections are kept, to see when the proxy closes
+    one (its peer reads EOF)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.peers = []
+
+    def accept(self, count):
+        for _ in range(count):
+            peer = self.sock.accept()[0]
+            peer.setblocking(False)
+            self.peers.append(peer)
+        return self.peers
+
+    def close(self):
+        for peer in self.peers:
+            peer.close()
+        self.sock.close()
+
+
+def closed(peer):
+    """Whether the proxy closed its end of ``peer``'s connection (without waiting)."""
+    try:
+        return peer.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
+def test_surplus_idle_connections_close_when_the_loop_is_idle_not_at_once():
+    """Connections the idle set has no room for wait for the Closer: still open and
+    counted right after they were put back, closed once the loop has a turn without
+    events.  (Closing thousands at once between watch deliveries held those up.)"""
+    listener = Listener()
+    pool = MemberPool(listener.url, dial_timeout=1.0, max_idle=1, closer=Closer())
+    try:
+        wires = [pool.connect() for _ in range(3)]
+        peers = listener.accept(3)
+        for wire in wires:
+            pool.put(wire)
+        assert len(pool.idle) == 1 and len(pool.closer.waiting) == 2
+        assert [closed(peer) for peer in peers] == [False, False, False]
+        assert pool.open == 3
+        for peer in peers[1:]:  # the two surplus ones: EOF once the loop idles
+            peer.settimeout(2.0)
+            assert peer.recv(1) == b""
+        assert not closed(peers[0]) and pool.open == 1 and not pool.closer.waiting
+    finally:
+        pool.close()
+        listener.close()
+
+
+def test_the_closer_closes_at_once_past_its_limit_and_when_the_transport_closes(monkeypatch):
+    monkeypatch.setattr(member_pool, "MAX_WAITING", 2)
+    listener = Listener()
+    transport = NativeTransport(max_idle=0)
+    pool = transport.pool(listener.url)
+    try:
+        wires = [pool.connect() for _ in range(3)]
+        peers = listener.accept(3)
+        for wire in wires:
+            pool.put(wire)
+        assert [closed(peer) for peer in peers] == [False, False, True]  # past the limit
+        transport.close()  # no loop turn in between: closed now
+        assert [closed(peer) for peer in peers] == [True, True, True]
+        assert pool.open == 0
+    finally:
         listener.close()
 
 
