@@ -67,6 +67,7 @@ TARGET_TLS_RATIO = 1.0  # with --tls: any of ours vs Go at 50 connections
 OVERLOAD_CONNECTIONS = 1000  # at or above: every round must match Go's req/s and p99, no errors
 DEFAULT_BALANCE = next(s.default for s in settings.SETTINGS if s.name == "proxy-balance")
 DEFAULT_PIPELINE = next(s.default for s in settings.SETTINGS if s.name == "proxy-pipeline")
+DEFAULT_TRANSPORT = next(s.default for s in settings.SETTINGS if s.name == "proxy-transport")
 MIXED_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed.lua")
 
 def variant_suffix(balance, pipeline=DEFAULT_PIPELINE):
@@ -238,8 +239,9 @@ def _rounds(ratios):
         len(ratios), " ".join("%.2f" % r for r in ratios))
 
 
-def _verdict(ok, text):
-    return "%-6s %s" % ("ok" if ok else "MISS", text)
+def _verdict(ok, text, judged=True):
+    """A target's line: ok or MISS, or ``info`` for a row the target is not set for."""
+    return "%-6s %s" % (("ok" if ok else "MISS") if judged else "info", text)
 
 
 def verdicts(configs, connections, tls=False):
@@ -254,21 +256,23 @@ def verdicts(configs, connections, tls=False):
         if not s["rps"] or g is None or not g.median("rps"):
             continue
         r, rs = paired(g, c)
+        judged = c.transport == DEFAULT_TRANSPORT  # the targets are the default data plane's
         if c.connections == 1:
             p, ps = paired(g, c, "p50")
             lines.append(_verdict(p <= TARGET_P50_RATIO, "one-connection p50, %s: %.2fx Go's, "
                                   "%s; medians %.3f vs %.3f ms (target <= %.2fx)" % (
                                       c.name, p, _rounds(ps), s["p50"], g.median("p50"),
-                                      TARGET_P50_RATIO)))
+                                      TARGET_P50_RATIO), judged))
         elif c.mixed:
             lines.append(_verdict(r >= TARGET_MIXED_RATIO, "req/s with 10%% PUT at %d conns, "
                                   "%s: %.2fx Go, %s (target >= %.1fx)" % (
                                       connections, c.name, r, _rounds(rs),
-                                      TARGET_MIXED_RATIO)))
+                                      TARGET_MIXED_RATIO), judged))
         elif tls:
             lines.append(_verdict(r >= TARGET_TLS_RATIO, "req/s over TLS at %d conns, %s: "
                                   "%.2fx Go, %s (target >= %.1fx)" % (
-                                      connections, c.name, r, _rounds(rs), TARGET_TLS_RATIO)))
+                                      connections, c.name, r, _rounds(rs), TARGET_TLS_RATIO),
+                                  judged))
         elif connections >= OVERLOAD_CONNECTIONS:
             for n, (run, go_run) in enumerate(zip(c.runs, g.runs)):
                 errors = run["non2xx"] + run["socket_errors"]
@@ -284,14 +288,14 @@ def verdicts(configs, connections, tls=False):
                                       "%.2fx Go, %s; medians %.0f vs %.0f req/s (target >= "
                                       "%.1fx, stretch 1.5x)" % (
                                           connections, c.name, r, _rounds(rs), s["rps"],
-                                          g.median("rps"), TARGET_GET_RATIO)))
+                                          g.median("rps"), TARGET_GET_RATIO), judged))
             by_workers.setdefault((c.transport, c.balance, c.pipeline), {})[c.workers] = c
             cr, crs = paired(g, c, "cpu_us")
             if cr and c.workers == 1:
                 lines.append(_verdict(cr <= TARGET_CPU_RATIO, "CPU per GET, %s: %.2fx Go's, "
                                       "%s; medians %.0f vs %.0f µs (target <= %.2fx)" % (
                                           c.name, cr, _rounds(crs), s["cpu_us"],
-                                          g.median("cpu_us"), TARGET_CPU_RATIO)))
+                                          g.median("cpu_us"), TARGET_CPU_RATIO), judged))
     for (transport, balance, pipeline), by_count in by_workers.items():
         if 1 in by_count and 2 in by_count:
             one, two = by_count[1], by_count[2]
