@@ -252,7 +252,7 @@ class NativeTransport:
         self.pipelines = pipelines  # pipelined connections per member (geproxy.pipeline); 0: none
         self.pools = {}
         self.pipes = {}  # base URL -> pipeline.Pipes
-        self.closer = Closer()  # the pools' surplus idle connections, closed a few at a time
+        self.closer = Closer()  # the pools' surplus idle connections, closed while the loop idles
 
     def pool(self, base_url):
         pool = self.pools.get(base_url)
