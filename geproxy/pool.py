@@ -80,7 +80,7 @@ class Closer:
             self._timer.start(self.round, CLOSE_MIN)
 
     def round(self, count):
-        """Close the next ``count`` of what waits."""
+        """Close the next ``count`` of what waits; stop the watchers once none does."""
         waiting = self.waiting
         for _ in range(min(count, len(waiting))):
             pool, wire = waiting.popleft()
@@ -91,7 +91,6 @@ class Closer:
     def flush(self):
         """Close everything waiting now (the transport closes)."""
         self.round(len(self.waiting))
-        self._stop()
 
     def _stop(self):
         for watcher in (self._idle, self._timer):
@@ -104,7 +103,7 @@ class Pool:
     """The connections to one member: idle ones, newest last, with when they went idle.
 
     ``closer``: the Closer that takes connections the idle set has no room
-    for (None: they close at once).
+    for (the transport's, shared by its pools; by default one of its own).
     """
 
     __slots__ = ("base_url", "host", "address", "family", "tls_context", "server_hostname",
@@ -125,7 +124,7 @@ class Pool:
         self.max_idle = max_idle
         self.open = 0  # connections open to this member, idle or in use
         self.lag = lag  # the loop's LoopLag, or None
-        self.closer = closer
+        self.closer = closer or Closer()
 
     def connect(self):
         """A new connection, as a Wire; ConnectError (nothing was sent) on failure."""
@@ -200,10 +199,8 @@ class Pool:
     def put(self, wire):
         if len(self.idle) < self.max_idle:
             self.idle.append((wire, time.monotonic()))
-        elif self.closer is not None:
-            self.closer.later(self, wire)  # still counted in ``open`` until closed
         else:
-            self.discard(wire)
+            self.closer.later(self, wire)  # still counted in ``open`` until closed
 
     def discard(self, wire):
         self.open -= 1
