@@ -45,6 +45,7 @@ WARN_EVERY = 10.0  # seconds between two warnings about shedding
 SLACK = 1  # connections a worker may hold above its least loaded sibling and still accept
 PASS_ON = 0.002  # seconds a worker ahead waits for a sibling to take a connection
 SEATS = 64  # workers the board has room for (more are not held back)
+SEAT_WAIT = 1.0  # seconds a new worker waits for the board's lock before going without a seat
 LONG_QUEUE = 64  # connections waiting to be accepted from which no worker holds back
 _TCPI_UNACKED = 24  # offset in Linux's struct tcp_info: a listener's accept queue length
 
@@ -79,15 +80,31 @@ class Board:
     split 50/0, 49/1, 44/6 and 39/11 in four runs: the first worker to wake
     took the whole queue, and the other one's core stayed idle.  Made before
     the fork; each worker takes a ``seat``.
+
+    A worker takes the first seat that is free or whose worker has exited,
+    under a lock the workers share: seats numbered by gunicorn's worker age
+    (which grows with every respawn) put two live workers on one seat once the
+    ages drifted a multiple of the board's size apart.
     """
 
     def __init__(self, seats=SEATS):
         self.counts = multiprocessing.RawArray(ctypes.c_long, seats)
         self.pids = multiprocessing.RawArray(ctypes.c_long, seats)  # 0: a free seat
+        self._lock = multiprocessing.Lock()
 
-    def seat(self, number):
-        """Worker ``number``'s place on the board (its gunicorn age: new ones get new numbers)."""
-        return Seat(self, number % len(self.pids))
+    def seat(self):
+        """A place on the board for this process, or None when every seat has a live
+        worker (this one is then neither held back nor holds others back)."""
+        if not self._lock.acquire(timeout=SEAT_WAIT):  # its holder died holding it
+            return None
+        try:
+            pids = self.pids
+            for index, pid in enumerate(pids):
+                if not pid or not _alive(pid):
+                    return Seat(self, index)
+            return None
+        finally:
+            self._lock.release()
 
 
 class Seat:

@@ -103,7 +103,7 @@ class ProxyWorker(GeventPyWSGIWorker):
     def run(self):
         # on the board once loaded: a sibling holds a burst back only for a worker that
         # accepts (loading waits up to READY_WAIT for the member list)
-        self.gate.join(self.app.board.seat(self.age))
+        self.gate.join(self.app.board.seat())
         try:
             super().run()
         finally:

@@ -6,12 +6,14 @@ server side of that TCP connection), so the proxy needs no debug endpoint.
 
 import http.client
 import os
+import select
 import signal
 import socket
 import subprocess
 import time
 
 import pytest
+from gevent.monkey import get_original
 
 from geproxy.admission import LONG_QUEUE, Board, Gate, queued
 from geproxy.testing import free_port
@@ -188,7 +190,8 @@ def test_connection_cap_is_per_worker_over_all_its_listeners(cluster, start_prox
 
 def test_the_board_compares_a_worker_with_its_live_siblings_only():
     board = Board(seats=4)
-    me, sibling = board.seat(0), board.seat(5)  # seat 5 % 4 = 1; both this process
+    me, sibling = board.seat(), board.seat()  # both this process
+    assert (me.index, sibling.index) == (0, 1)
     me.update(5)
     sibling.update(3)
     assert me.ahead() and not sibling.ahead()  # 3 < 5 - SLACK
@@ -205,14 +208,82 @@ def test_the_board_compares_a_worker_with_its_live_siblings_only():
     assert not me.ahead()
 
 
+def test_a_worker_takes_a_free_or_abandoned_seat_and_none_on_a_full_board():
+    board = Board(seats=2)
+    first, second = board.seat(), board.seat()
+    assert {first.index, second.index} == {0, 1}
+    assert board.seat() is None  # every seat has a live worker
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    board.pids[second.index] = exited.pid  # its worker died without leaving
+    third = board.seat()
+    assert third.index == second.index and board.pids[third.index] == os.getpid()
+    first.leave()
+    assert board.seat().index == first.index
+
+
+def test_live_workers_never_share_a_seat():
+    """Workers forked from one arbiter take seats at the same time: each gets its own
+    (gunicorn's worker ages, which grow with every respawn, once put two on one).
+
+    The children come from the unpatched fork and use the unpatched close (gevent's
+    defers closing a pipe to its loop's next turn): they make blocking calls only and
+    leave by ``os._exit``, so they need no event loop of their own."""
+    fork, waitpid = get_original("os", "fork"), get_original("os", "waitpid")
+    close = get_original("os", "close")
+    board = Board(seats=8)
+    report_r, report_w = os.pipe()  # the children's seat numbers
+    hold_r, hold_w = os.pipe()  # they stay alive until this closes
+    pids = []
+    try:
+        for _ in range(6):
+            pid = fork()
+            if pid == 0:
+                try:
+                    close(hold_w)
+                    seat = board.seat()
+                    os.write(report_w, b"%d\n" % (-1 if seat is None else seat.index))
+                    close(report_w)
+                    os.read(hold_r, 1)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        os.close(report_w)
+        report_w = None
+        seats, deadline = b"", time.monotonic() + 10
+        while time.monotonic() < deadline:  # until every child closed its end
+            if select.select([report_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                chunk = os.read(report_r, 64)
+                if not chunk:
+                    break
+                seats += chunk
+        assert sorted(int(n) for n in seats.split()) == list(range(6))
+    finally:
+        for fd in (hold_w, report_w, report_r, hold_r):
+            if fd is not None:
+                close(fd)
+
+        def running(pid):  # gevent's child watcher may have reaped it already
+            try:
+                return waitpid(pid, os.WNOHANG) == (0, 0)
+            except ChildProcessError:
+                return False
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if running(pid)]
+            time.sleep(0.01)
+        for pid in pids:  # still there after 10 s: the test has failed already
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_worker_ahead_holds_back_only_while_the_queue_is_short():
     """The accept queue's length is the kernel's (TCP_INFO); from LONG_QUEUE waiting,
     every worker takes what it can (a thousand clients at once: holding back made the
     queue wait seconds)."""
     board = Board(seats=2)
     gate = Gate()
-    gate.join(board.seat(0))
-    sibling = board.seat(1)
+    gate.join(board.seat())
+    sibling = board.seat()
     gate.seat.update(10)  # ahead of a sibling with none
     listener = socket.socket()
     clients = []
