@@ -156,13 +156,15 @@ def worker_pairs(args, configs, path, members):
     neither.  Their ratios join the rounds' in ``Config.pairs``.  Not at
     ``OVERLOAD_CONNECTIONS``, where every round is judged on its own.
     """
+    if args.worker_pairs <= 0:
+        return
     pairs = {}
     for c in configs:
         if c.kind == "ours" and c.transport == DEFAULT_TRANSPORT and not c.mixed \
                 and 1 < c.connections < OVERLOAD_CONNECTIONS and c.workers in (1, 2):
             pairs.setdefault((c.balance, c.pipeline), {})[c.workers] = c
     for by_count in pairs.values():
-        if 1 not in by_count or 2 not in by_count or args.worker_pairs <= 0:
+        if 1 not in by_count or 2 not in by_count:
             continue
         one, two = by_count[1], by_count[2]
         for n in range(args.worker_pairs):
