@@ -21,7 +21,7 @@ import statistics
 import sys
 import timeit
 
-import harness  # noqa: F401  (first of bench/'s modules: it makes geproxy importable)
+import harness  # first of bench/'s modules: it makes geproxy importable
 from tables import table
 
 import httptools
