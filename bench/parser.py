@@ -80,16 +80,23 @@ class Collect:
         self.done = True
 
 
-def httptools_request():
+def httptools_parse(parser_class, result):
+    """A parse of one message over one reused httptools parser of ``parser_class``:
+    what ``result(parser, collected)`` takes from it."""
     collect = Collect()
-    parser = httptools.HttpRequestParser(collect)
+    parser = parser_class(collect)
 
     def parse(data):
         collect.headers = []
         parser.feed_data(data)
-        return (parser.get_method(), collect.url, parser.get_http_version(), collect.headers,
-                parser.should_keep_alive())
+        return result(parser, collect)
     return parse
+
+
+def httptools_request():
+    return httptools_parse(httptools.HttpRequestParser, lambda parser, collect: (
+        parser.get_method(), collect.url, parser.get_http_version(), collect.headers,
+        parser.should_keep_alive()))
 
 
 def httptools_as_ours():
@@ -117,14 +124,8 @@ def httptools_as_ours():
 
 
 def httptools_response():
-    collect = Collect()
-    parser = httptools.HttpResponseParser(collect)
-
-    def parse(data):
-        collect.headers = []
-        parser.feed_data(data)
-        return (parser.get_status_code(), collect.headers, parser.should_keep_alive())
-    return parse
+    return httptools_parse(httptools.HttpResponseParser, lambda parser, collect: (
+        parser.get_status_code(), collect.headers, parser.should_keep_alive()))
 
 
 def per_call(fn, arg, number, repeat):
