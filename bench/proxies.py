@@ -65,14 +65,20 @@ def proxy_args(transport=None, workers=1, balance=None, pipeline=None):
 
 
 def start_ours(initial_cluster, args, endpoints, tls=None):
-    """Our proxy as a subprocess, waiting until it lists `endpoints` members; with ``tls``
-    (a certs.BenchTLS) on an https listener toward https members."""
+    """Our proxy as a subprocess, waiting until it lists `endpoints` members and, with
+    ``--workers`` N in ``args``, until each of its N workers serves (a burst of clients
+    right after start could otherwise meet one worker); with ``tls`` (a
+    certs.BenchTLS) on an https listener toward https members."""
     if tls is not None:
         proxy = ProxyProcess(initial_cluster, args=args + tls.proxy_args(),
                              env=tls.proxy_env(), context=tls.context())
     else:
         proxy = ProxyProcess(initial_cluster, args=args)
-    return proxy.start(endpoints=endpoints, timeout=30.0)
+    proxy.start(endpoints=endpoints, timeout=30.0)
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+    if workers > 1:
+        proxy.wait_workers(workers)
+    return proxy
 
 
 class GoProxy(ProxyProcess):

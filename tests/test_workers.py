@@ -17,20 +17,10 @@ from gevent.monkey import get_original
 
 from geproxy.admission import LONG_QUEUE, Board, Gate, queued
 from geproxy.testing import free_port
-from geproxy.testing.procfs import children, gone, socket_inode, socket_inodes, tcp_rows
+from geproxy.testing.procfs import children, gone, holder, socket_inodes, tcp_rows
 from tests.helpers import poll
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
-
-
-def accepted_by(sock, workers):
-    """The worker pid holding the server side of this client socket (None: not accepted)."""
-    try:
-        inode = socket_inode(sock.getpeername()[1], sock.getsockname()[1])
-    except OSError:  # not connected yet
-        return None
-    owners = [pid for pid in workers if inode in socket_inodes([pid])]
-    return owners[0] if len(owners) == 1 else None
 
 
 def http_connection(proxy):
@@ -73,7 +63,7 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
             resp = conn.getresponse()
             resp.read()
             assert resp.status == 200
-            seen.add(accepted_by(conn.sock, workers))
+            seen.add(holder(conn.sock, workers))
             if seen >= set(workers):
                 break
         assert seen == set(workers)
@@ -96,19 +86,7 @@ def test_a_burst_of_new_connections_is_shared_by_the_workers(workers_proxy):
     in a row: the worker that wakes first no longer takes the whole queue (it did 50/0,
     44/6 before).  Without the board each burst failed in four runs of four."""
     proxy = workers_proxy
-    assert poll(lambda: len(children(proxy.pid)) == 2, timeout=10)
-    workers = children(proxy.pid)
-    seen, warm = set(), []
-    for _ in range(200):  # both workers have their member list and serve
-        conn = http_connection(proxy)
-        warm.append(conn)
-        conn.request("GET", "/v2/keys/")
-        conn.getresponse().read()
-        seen.add(accepted_by(conn.sock, workers))
-        if seen >= set(workers):
-            break
-    for conn in warm:
-        conn.close()
+    workers = proxy.wait_workers(2)  # both have their member list and serve
     assert poll(lambda: not served_by(workers, proxy.port), timeout=10)
     for attempt in range(3):  # without the board one burst in three split by chance
         burst = [socket.socket() for _ in range(40)]
@@ -118,7 +96,7 @@ def test_a_burst_of_new_connections_is_shared_by_the_workers(workers_proxy):
                 sock.connect_ex(("127.0.0.1", proxy.port))
 
             def owners():
-                found = [accepted_by(sock, workers) for sock in burst]
+                found = [holder(sock, workers) for sock in burst]
                 return None if None in found else found  # until every one was accepted
 
             accepted = poll(owners, timeout=10, what="every connection accepted")
@@ -179,7 +157,7 @@ def test_connection_cap_is_per_worker_over_all_its_listeners(cluster, start_prox
             conn = held_if_served(port)
             if conn is not None:
                 held.append(conn)
-        owners = [accepted_by(conn.sock, workers) for conn in held]
+        owners = [holder(conn.sock, workers) for conn in held]
         assert None not in owners and len(set(owners)) == len(owners), \
             "a worker serves %d connections at once" % max(owners.count(w) for w in owners)
         assert 1 <= len(held) <= 2

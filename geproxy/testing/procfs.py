@@ -10,7 +10,7 @@ import os
 
 __all__ = ["CLK_TCK", "process_state", "gone", "children", "process_tree", "cpu_seconds",
            "rss_bytes", "machine_busy_seconds", "socket_inodes", "socket_inode",
-           "tcp_rows", "connections", "established"]
+           "holder", "tcp_rows", "connections", "established"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ESTABLISHED = "01"  # the st column of /proc/net/tcp
@@ -155,6 +155,17 @@ def socket_inode(local_port, remote_port):
         if local == local_port and remote == remote_port:
             return inode
     return None
+
+
+def holder(sock, pids):
+    """The one of ``pids`` holding the server side of this connected client socket, or
+    None (not accepted yet, or held by none or several of them)."""
+    try:
+        inode = socket_inode(sock.getpeername()[1], sock.getsockname()[1])
+    except OSError:  # not connected yet
+        return None
+    owners = [pid for pid in pids if inode in socket_inodes([pid])]
+    return owners[0] if len(owners) == 1 else None
 
 
 def connections(pid, ports):

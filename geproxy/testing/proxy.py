@@ -6,6 +6,7 @@ production, and lets a test stop, pause or kill it by pid.
 """
 
 import atexit
+import http.client
 import os
 import shutil
 import sys
@@ -15,6 +16,7 @@ import urllib.parse
 import geproxy
 from geproxy.testing.net import free_port, http_json, loopback_url
 from geproxy.testing.process import OwnedProcess, etcd_env, scratch_dir
+from geproxy.testing.procfs import children, holder
 
 __all__ = ["ProxyProcess"]
 
@@ -130,6 +132,46 @@ class ProxyProcess(OwnedProcess):
                 raise RuntimeError("proxy at %s did not list %d endpoint(s) within %.1fs; "
                                    "last: %s\n%s" % (self.url, n, timeout, last, self.tail()))
             time.sleep(0.05)
+
+    def wait_workers(self, count, timeout=30.0, most=1000):
+        """Wait until each of the proxy's ``count`` worker processes (--workers) serves a
+        connection; return their pids.
+
+        Why: a worker accepts only once it has read the member list (up to a few
+        seconds after start), and until then its siblings take every connection,
+        so a burst right after ``start`` can meet one worker.  Keep-alive
+        connections are opened one after the other and held, so that the
+        workers' board hands the next one to a worker that holds fewer once that
+        one serves, until every worker holds one (at most ``most``); then they
+        are closed.
+        """
+        deadline = time.monotonic() + timeout
+        while len(children(self.pid)) < count:
+            if time.monotonic() >= deadline or not self.alive:
+                raise RuntimeError("proxy at %s has %d of %d workers after %.1fs\n%s"
+                                   % (self.url, len(children(self.pid)), count, timeout,
+                                      self.tail()))
+            time.sleep(0.05)
+        workers = children(self.pid)
+        held, seen = [], set()
+        try:
+            while not seen >= set(workers):
+                if time.monotonic() >= deadline or len(held) >= most:
+                    raise RuntimeError("proxy at %s: %d of %d workers served %d connections"
+                                       % (self.url, len(seen - {None}), count, len(held)))
+                split = urllib.parse.urlsplit(self.url)
+                conn = (http.client.HTTPSConnection(split.hostname, split.port, timeout=5,
+                                                    context=self.context)
+                        if split.scheme == "https" else
+                        http.client.HTTPConnection(split.hostname, split.port, timeout=5))
+                held.append(conn)
+                conn.request("GET", "/v2/config/local/proxy")
+                conn.getresponse().read()
+                seen.add(holder(conn.sock, workers))
+        finally:
+            for conn in held:
+                conn.close()
+        return workers
 
     def stop(self, timeout=5.0):
         """SIGTERM (the proxy shuts down cleanly), SIGKILL after timeout; remove
