@@ -106,11 +106,12 @@ def httptools_as_ours():
     version, CONNECT, the target's form, one Host, Expect, Transfer-Encoding).
     The accepting path of an llhttp-based parser of this proxy; what llhttp
     refuses would go to ours for Go's answer, not timed here (no head in the
-    table is refused)."""
-    parse = httptools_request()
+    table is refused).  A fresh parser per head: after a refused head llhttp's
+    parser is unusable, and a head with a body leaves it expecting the body,
+    which the handler reads itself."""
 
     def build(data):
-        method, url, version, fields, keep_alive = parse(data)
+        method, url, version, fields, keep_alive = httptools_request()(data)
         if not data.startswith(b"%s %s HTTP/%s\r\n" % (method, url, version.encode())) \
                 or len(url) > http11.MAX_TARGET:
             raise ValueError("refused")  # more than one space, or a target too long (414)
