@@ -258,16 +258,17 @@ def report(configs):
     return table(headers, rows)
 
 
-def paired(a, b, key="rps"):
-    """(the median, every ratio sorted) of B's figure over A's, round by round: two
-    configs compared with each other (0.0 and [] if no round has both).
+def paired(a, b, key="rps", extra=()):
+    """(the median, every ratio sorted) of B's figure over A's, round by round, and
+    ``extra`` ratios measured apart (``worker_pairs``): two configs compared with
+    each other (0.0 and [] if there is none).
 
     Why not the ratio of their medians: on this shared machine the CPU a request
     costs drifts by up to 1.8x over tens of seconds (bench/README, "Two workers"),
     and two rows' medians can come from different phases; a round's two runs,
     seconds apart, see the same phase."""
-    ratios = sorted(y[key] / x[key] for x, y in zip(a.runs, b.runs)
-                    if x.get(key) and y.get(key))
+    ratios = sorted([y[key] / x[key] for x, y in zip(a.runs, b.runs)
+                     if x.get(key) and y.get(key)] + list(extra))
     return (median(ratios) if ratios else 0.0), ratios
 
 
@@ -337,8 +338,7 @@ def verdicts(configs, connections, tls=False):
     for (transport, balance, pipeline), by_count in by_workers.items():
         if 1 in by_count and 2 in by_count:
             one, two = by_count[1], by_count[2]
-            ratios = sorted(paired(one, two)[1] + two.pairs)
-            ratio = median(ratios) if ratios else 0.0
+            ratio, ratios = paired(one, two, extra=two.pairs)
             lines.append(_verdict(ratio >= 1, "--workers 2 against 1, %s%s: %.2fx, %s, %d of "
                                   "them at or above 1.0 (%d rounds, %d extra pairs); medians "
                                   "%.0f vs %.0f req/s in the rounds (target: no slower)" % (

@@ -23,10 +23,6 @@ from tests.helpers import poll
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
 
 
-def http_connection(proxy):
-    return http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
-
-
 @pytest.fixture
 def workers_proxy(cluster, start_proxy):
     return start_proxy(cluster.initial_cluster, args=["--workers", "2"],
@@ -38,7 +34,7 @@ def test_two_workers_serve_writes_and_reads(http, workers_proxy, key):
     r = http.put(workers_proxy.url + key, data={"value": "shared"})
     assert r.status_code == 201
     for _ in range(40):  # a fresh connection each time: any worker may take it
-        conn = http_connection(workers_proxy)
+        conn = workers_proxy.connection()
         try:
             conn.request("GET", key)
             resp = conn.getresponse()
@@ -57,7 +53,7 @@ def test_connections_spread_over_both_workers_and_sigterm_stops_all(workers_prox
         # Each connection stays open after its request, so its worker can be
         # looked up; both workers accept from the shared listener.
         for _ in range(200):
-            conn = http_connection(proxy)
+            conn = proxy.connection()
             held.append(conn)
             conn.request("GET", "/v2/keys/")
             resp = conn.getresponse()

@@ -133,6 +133,14 @@ class ProxyProcess(OwnedProcess):
                                    "last: %s\n%s" % (self.url, n, timeout, last, self.tail()))
             time.sleep(0.05)
 
+    def connection(self, timeout=5.0):
+        """A keep-alive ``http.client`` connection to the proxy (https with ``context``)."""
+        split = urllib.parse.urlsplit(self.url)
+        if split.scheme == "https":
+            return http.client.HTTPSConnection(split.hostname, split.port, timeout=timeout,
+                                               context=self.context)
+        return http.client.HTTPConnection(split.hostname, split.port, timeout=timeout)
+
     def wait_workers(self, count, timeout=30.0, most=1000):
         """Wait until each of the proxy's ``count`` worker processes (--workers) serves a
         connection; return their pids.
@@ -159,11 +167,7 @@ class ProxyProcess(OwnedProcess):
                 if time.monotonic() >= deadline or len(held) >= most:
                     raise RuntimeError("proxy at %s: %d of %d workers served %d connections"
                                        % (self.url, len(seen - {None}), count, len(held)))
-                split = urllib.parse.urlsplit(self.url)
-                conn = (http.client.HTTPSConnection(split.hostname, split.port, timeout=5,
-                                                    context=self.context)
-                        if split.scheme == "https" else
-                        http.client.HTTPConnection(split.hostname, split.port, timeout=5))
+                conn = self.connection()
                 held.append(conn)
                 conn.request("GET", "/v2/config/local/proxy")
                 conn.getresponse().read()
